@@ -1,0 +1,251 @@
+"""Admin rows of the API: tenants (platform admin), bot config, channels, users (owner)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, EmailStr, Field, ValidationError, field_validator
+
+from runtime.api.auth import Admin, Ctx, Owner
+from runtime.bot_config import BotConfig, BotStatus, merge_patch
+from runtime.db import bot_configs, channels, tenants
+from runtime.errors import InvalidInput
+
+router = APIRouter(prefix="/v1", tags=["admin"])
+
+
+# ---------------------------------------------------------------- tenants
+class TenantCreate(BaseModel):
+    """POST /v1/tenants body."""
+
+    name: str = Field(min_length=1, max_length=200)
+    owner_name: str = Field(default="Owner", min_length=1, max_length=200)
+    owner_email: EmailStr | None = None
+
+
+class TenantCreated(BaseModel):
+    """The new tenant, its owner, and the owner's API key (shown once)."""
+
+    tenant_id: UUID
+    name: str
+    owner_user_id: UUID
+    owner_api_key: str
+    created_at: datetime
+
+
+@router.post("/tenants", response_model=TenantCreated, status_code=201)
+async def create_tenant(body: TenantCreate, ctx: Ctx, _: Admin) -> TenantCreated:
+    """Create a tenant with its owner and a default bot config (platform admin)."""
+    async with ctx.pool.acquire() as conn:
+        tenant, owner, key = await tenants.create_tenant(
+            conn, body.name, body.owner_name, body.owner_email,
+            BotConfig().model_dump(mode="json"),
+        )
+    return TenantCreated(
+        tenant_id=tenant["id"], name=tenant["name"], owner_user_id=owner["id"],
+        owner_api_key=key, created_at=tenant["created_at"],
+    )
+
+
+# ---------------------------------------------------------------- bot config
+class BotConfigOut(BaseModel):
+    """GET/PATCH /v1/bot-config response."""
+
+    tenant_id: UUID
+    status: BotStatus
+    credit_balance: int | None = Field(description="None: unlimited; <= 0 pauses the bot")
+    config: BotConfig
+    updated_at: datetime
+
+
+def _config_out(row: Any) -> BotConfigOut:
+    return BotConfigOut(
+        tenant_id=row["tenant_id"], status=row["status"], credit_balance=row["credit_balance"],
+        config=BotConfig.model_validate(row["config"]), updated_at=row["updated_at"],
+    )
+
+
+@router.get("/bot-config", response_model=BotConfigOut)
+async def get_bot_config(ctx: Ctx, who: Owner) -> BotConfigOut:
+    """The tenant's bot configuration."""
+    async with ctx.pool.acquire() as conn:
+        return _config_out(await bot_configs.get_bot_config(conn, who.tenant_id))
+
+
+@router.patch("/bot-config", response_model=BotConfigOut)
+async def patch_bot_config(body: dict[str, Any], ctx: Ctx, who: Owner) -> BotConfigOut:
+    """JSON merge patch of the config; ``status`` (active|paused) may be patched too.
+
+    Body example: ``{"greeting": "Hello!", "escalation": {"keywords": ["refund"]}}``.
+    A field that fails validation gives 422 naming it (e.g. ``escalation.amount_threshold``).
+    """
+    patch = dict(body)
+    status = patch.pop("status", None)
+    if status is not None and status not in ("active", "paused"):
+        raise InvalidInput("status: must be 'active' or 'paused'", field="status")
+    for forbidden in ("credit_balance", "tenant_id"):
+        if forbidden in patch:
+            raise InvalidInput(f"{forbidden}: read-only here", field=forbidden)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT config, status FROM bot_configs WHERE tenant_id = $1 FOR UPDATE",
+            who.tenant_id,
+        )
+        merged = merge_patch(row["config"], patch)
+        try:
+            config = BotConfig.model_validate(merged)
+        except ValidationError as exc:
+            fields = [
+                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                for e in exc.errors()
+            ]
+            summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+            raise InvalidInput(f"invalid bot config: {summary}", fields=fields) from None
+        new = await bot_configs.update_bot_config(
+            conn, who.tenant_id, config.model_dump(mode="json"), status or row["status"]
+        )
+    return _config_out(new)
+
+
+# ---------------------------------------------------------------- channels
+class ChannelCreate(BaseModel):
+    """POST /v1/channels body. ``allowed_origins`` applies to widget channels."""
+
+    type: Literal["widget", "whatsapp", "telegram", "email"]
+    name: str = Field(default="", max_length=120)
+    config: dict[str, Any] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict, description="write-only")
+    allowed_origins: list[str] = Field(default_factory=list, max_length=50)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for origin in v:
+            o = origin.strip().rstrip("/")
+            scheme, sep, rest = o.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+                raise ValueError(
+                    f"{origin!r} is not an origin: use scheme://host[:port], e.g. https://shop.example"
+                )
+            out.append(o.lower())
+        return out
+
+
+class ChannelOut(BaseModel):
+    """A channel; widget channels carry their public token and the script-tag snippet."""
+
+    id: UUID
+    type: str
+    name: str
+    status: str
+    config: dict[str, Any]
+    allowed_origins: list[str]
+    widget_token: str | None = None
+    snippet: str | None = None
+    created_at: datetime
+
+
+def public_base(request: Request, ctx: Ctx) -> str:
+    """The base URL customers' browsers use to reach this ingress."""
+    if ctx.settings.public_base_url is not None:
+        return str(ctx.settings.public_base_url).rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
+def widget_snippet(base: str, token: str) -> str:
+    """The one tag an owner pastes into their site."""
+    return f'<script src="{base}/widget.js" data-widget-token="{token}" async></script>'
+
+
+def _channel_out(row: Any, base: str) -> ChannelOut:
+    token = row["widget_token"]
+    return ChannelOut(
+        id=row["id"], type=row["type"], name=row["name"], status=row["status"],
+        config=row["config"], allowed_origins=list(row["allowed_origins"]), widget_token=token,
+        snippet=widget_snippet(base, token) if token else None, created_at=row["created_at"],
+    )
+
+
+@router.post("/channels", response_model=ChannelOut, status_code=201)
+async def create_channel(body: ChannelCreate, request: Request, ctx: Ctx, who: Owner) -> ChannelOut:
+    """Create a channel. A widget channel needs at least one allowed origin."""
+    if body.type == "widget" and not body.allowed_origins:
+        raise InvalidInput(
+            "allowed_origins: a widget channel needs the origins of the sites that embed it, "
+            "e.g. [\"https://shop.example\"]",
+            field="allowed_origins",
+        )
+    async with ctx.pool.acquire() as conn:
+        row = await channels.create_channel(
+            conn, who.tenant_id, body.type, body.name or body.type, body.config, body.secrets,
+            body.allowed_origins,
+        )
+    return _channel_out(row, public_base(request, ctx))
+
+
+@router.get("/channels", response_model=list[ChannelOut])
+async def list_channels(request: Request, ctx: Ctx, who: Owner) -> list[ChannelOut]:
+    """The tenant's channels."""
+    async with ctx.pool.acquire() as conn:
+        rows = await channels.list_channels(conn, who.tenant_id)
+    base = public_base(request, ctx)
+    return [_channel_out(r, base) for r in rows]
+
+
+@router.get("/channels/{channel_id}", response_model=ChannelOut)
+async def get_channel(channel_id: UUID, request: Request, ctx: Ctx, who: Owner) -> ChannelOut:
+    """One channel (404 for another tenant's)."""
+    async with ctx.pool.acquire() as conn:
+        row = await channels.get_channel(conn, who.tenant_id, channel_id)
+    return _channel_out(row, public_base(request, ctx))
+
+
+# ---------------------------------------------------------------- users
+class UserCreate(BaseModel):
+    """POST /v1/users body."""
+
+    name: str = Field(min_length=1, max_length=200)
+    email: EmailStr | None = None
+    role: Literal["agent", "owner"] = "agent"
+
+
+class UserCreated(BaseModel):
+    """The new user and its API key (shown once)."""
+
+    id: UUID
+    name: str
+    email: str | None
+    role: str
+    api_key: str
+
+
+class UserOut(BaseModel):
+    """A user, without key material beyond its prefix."""
+
+    id: UUID
+    name: str
+    email: str | None
+    role: str
+    api_key_prefix: str
+    created_at: datetime
+
+
+@router.post("/users", response_model=UserCreated, status_code=201)
+async def create_user(body: UserCreate, ctx: Ctx, who: Owner) -> UserCreated:
+    """Create an agent (or another owner) in the caller's tenant."""
+    async with ctx.pool.acquire() as conn:
+        row, key = await tenants.create_user(conn, who.tenant_id, body.name, body.email, body.role)
+    return UserCreated(id=row["id"], name=row["name"], email=row["email"], role=row["role"],
+                       api_key=key)
+
+
+@router.get("/users", response_model=list[UserOut])
+async def list_users(ctx: Ctx, who: Owner) -> list[UserOut]:
+    """The tenant's users."""
+    async with ctx.pool.acquire() as conn:
+        rows = await tenants.list_users(conn, who.tenant_id)
+    return [UserOut(**dict(r)) for r in rows]

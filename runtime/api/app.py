@@ -1,0 +1,68 @@
+"""The FastAPI application served by the Serve ingress: routers per area, errors at the edge."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from runtime.api.context import get_context
+from runtime.api.errors import install_error_handlers
+
+log = logging.getLogger(__name__)
+
+# Routers owned by later areas are added here when their modules exist, so the ingress of a
+# partial checkout still starts (each entry: module path, attribute).
+ROUTERS: list[tuple[str, str]] = [
+    ("runtime.api.admin", "router"),
+    ("runtime.api.kb", "router"),
+    ("runtime.api.widget", "router"),
+    ("runtime.api.agent", "router"),
+    ("runtime.api.static", "router"),
+]
+
+
+def create_app() -> FastAPI:
+    """Build the FastAPI app (OpenAPI at ``/docs``)."""
+    app = FastAPI(
+        title="chat-engine",
+        version="0.1.0",
+        description="Omnichannel AI customer-support runtime: admin, knowledge base, widget and "
+        "agent APIs.",
+    )
+    install_error_handlers(app)
+    for module_name, attr in ROUTERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        app.include_router(getattr(module, attr))
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> Any:
+        """Liveness and dependencies: Postgres and Redis round trips."""
+        ctx = await get_context()
+        checks: dict[str, str] = {}
+        try:
+            async with ctx.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            checks["postgres"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks["postgres"] = f"error: {exc}"
+        try:
+            await ctx.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = f"error: {exc}"
+        healthy = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", **checks},
+            status_code=200 if healthy else 503,
+        )
+
+    return app

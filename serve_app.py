@@ -1,0 +1,59 @@
+"""Ray Serve application builder: ``build_app(args) -> Application`` (ingress + models).
+
+A Serve config names it by import path::
+
+    applications:
+      - name: chat
+        import_path: serve_app:build_app
+        route_prefix: /
+        args: {models: true}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from runtime.api.app import create_app
+from runtime.api.context import get_context
+from runtime.config import get_settings
+
+fastapi_app = create_app()
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(fastapi_app)
+class Ingress:
+    """HTTP ingress (FastAPI). Holds handles to the Embedder and Generator deployments."""
+
+    def __init__(
+        self, embedder: DeploymentHandle | None = None, generator: DeploymentHandle | None = None
+    ) -> None:
+        from runtime.api import context
+
+        context.MODEL_HANDLES["embedder"] = embedder
+        context.MODEL_HANDLES["generator"] = generator
+
+    async def check_health(self) -> None:
+        """Serve health check: the process can reach Postgres."""
+        ctx = await get_context()
+        async with ctx.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """The whole application. ``args``: ``{"models": bool}`` (default True) to deploy the
+    Embedder and Generator beside the ingress; False serves the admin API alone.
+    """
+    args = dict(args or {})
+    settings = get_settings()
+    ingress = Ingress.options(max_ongoing_requests=settings.ingress_max_ongoing_requests)
+    if not args.get("models", True):
+        return ingress.bind()
+    from runtime.models.deployments import build_model_apps
+
+    embedder, generator = build_model_apps(settings)
+    return ingress.bind(embedder, generator)

@@ -1,0 +1,252 @@
+"""Test fixtures: the testing contract of DESIGN.md.
+
+Once per test session: an embedded Postgres (+pgvector) and Redis in a temp data dir, migrated;
+Ray with an explicit ``num_cpus``; Serve's HTTP proxy on a free port with the whole app deployed
+at ``/``. Each test gets its own tenant (``tenant`` fixture), so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = (REPO.parent / "shared" / "fixtures").resolve()
+ADMIN_TOKEN = "test-admin-token-" + os.urandom(8).hex()
+SESSION_SECRET = "test-session-secret-" + os.urandom(16).hex()
+
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_DEDUP_LOGS": "0",
+    }
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Services:
+    """What the session-scoped ``services`` fixture started."""
+
+    data_dir: Path
+    database_url: str
+    redis_url: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    """Embedded Postgres + Redis in a temp data dir, migrated; CHAT_ENGINE_* set for workers."""
+    from runtime.config import get_settings
+    from runtime.db.migrate import upgrade
+    from runtime.services import EmbeddedPostgres, EmbeddedRedis
+
+    data_dir = Path(tempfile.mkdtemp(prefix="chat-engine-test-"))
+    pg = EmbeddedPostgres(data_dir / "postgres")
+    rd = EmbeddedRedis(data_dir / "redis")
+    try:
+        db_url = pg.start()
+        redis_url = rd.start()
+        upgrade(db_url)
+        env = {
+            "CHAT_ENGINE_DATA_DIR": str(data_dir),
+            "CHAT_ENGINE_DATABASE_URL": db_url,
+            "CHAT_ENGINE_REDIS_URL": redis_url,
+            "CHAT_ENGINE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "CHAT_ENGINE_SESSION_TOKEN_SECRET": SESSION_SECRET,
+            # Seconds-scale timers and a small Ray footprint for 2 cores.
+            "CHAT_ENGINE_TIMEKEEPER_POLL_S": "0.5",
+            "CHAT_ENGINE_LLM_MAX_TOKENS": os.environ.get("CHAT_ENGINE_LLM_MAX_TOKENS", "48"),
+            "CHAT_ENGINE_EMBEDDING_NUM_CPUS": "0.5",
+            "CHAT_ENGINE_GENERATOR_NUM_CPUS": "0.5",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        os.environ.update(env)
+        get_settings.cache_clear()
+        yield Services(data_dir, db_url, redis_url, env)
+    finally:
+        rd.stop()
+        pg.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(services: Services) -> Iterator[int]:
+    """Ray (num_cpus=8 logical, namespace ``chat``) and Serve's proxy on a free port.
+
+    Yields the HTTP port. Started once per test session.
+    """
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(
+        num_cpus=8,
+        namespace="chat",
+        include_dashboard=False,
+        runtime_env={"env_vars": services.env},
+        logging_level="WARNING",
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _models_available() -> bool:
+    # CHAT_ENGINE_TEST_MODELS=0 deploys the ingress alone (quick runs of admin-only tests).
+    if os.environ.get("CHAT_ENGINE_TEST_MODELS") == "0":
+        return False
+    try:
+        import runtime.models.deployments  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def app_url(ray_cluster: int) -> Iterator[str]:
+    """The whole app (ingress + Embedder + Generator) deployed at ``/``; yields its base URL."""
+    from ray import serve
+
+    from serve_app import build_app
+
+    serve.run(build_app({"models": _models_available()}), name="chat", route_prefix="/")
+    base = f"http://127.0.0.1:{ray_cluster}"
+    deadline = 120.0
+    with httpx.Client(base_url=base, timeout=5) as client:
+        waited = 0.0
+        while True:
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if waited > deadline:
+                raise RuntimeError("the app did not become healthy in 120 s")
+            threading.Event().wait(0.5)
+            waited += 0.5
+    yield base
+
+
+@pytest.fixture
+async def client(app_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the deployed app."""
+    async with httpx.AsyncClient(base_url=app_url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    """Authorization for the platform admin."""
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@dataclass
+class TenantInfo:
+    """A tenant created for one test."""
+
+    id: str
+    owner_key: str
+    name: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.owner_key}"}
+
+
+async def make_tenant(client: httpx.AsyncClient, name: str) -> TenantInfo:
+    """Create a tenant through the admin API."""
+    r = await client.post(
+        "/v1/tenants", json={"name": name}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return TenantInfo(id=body["tenant_id"], owner_key=body["owner_api_key"], name=name)
+
+
+@pytest.fixture
+async def tenant(client: httpx.AsyncClient, request: pytest.FixtureRequest) -> TenantInfo:
+    """A fresh tenant for this test."""
+    return await make_tenant(client, f"t-{request.node.name[:60]}")
+
+
+@pytest.fixture(scope="session")
+async def db(services: Services) -> AsyncIterator[Any]:
+    """An asyncpg pool on the test database (pgvector codecs registered)."""
+    from runtime.db.pool import create_pool
+
+    pool = await create_pool(services.database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+class LoopbackProxy:
+    """A TCP proxy on 127.0.0.1 that a test can cut (``kill_connections``) mid-stream."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(Exception):
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.update({writer, up_writer})
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def kill_connections(self) -> None:
+        """Abort every open connection (the listener stays up for reconnection)."""
+        for w in list(self._writers):
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        self.kill_connections()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``../shared/fixtures``."""
+    assert FIXTURES.is_dir(), f"fixtures not found at {FIXTURES}"
+    return FIXTURES
