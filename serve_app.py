@@ -50,7 +50,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     """
     args = dict(args or {})
     settings = get_settings()
-    ingress = Ingress.options(max_ongoing_requests=settings.ingress_max_ongoing_requests)
+    ingress = Ingress.options(  # type: ignore[attr-defined]
+        max_ongoing_requests=settings.ingress_max_ongoing_requests
+    )
     if not args.get("models", True):
         return ingress.bind()
     from runtime.models.deployments import build_model_apps

@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     )
 
     generator_backends: list[GeneratorBackendName] = Field(
-        default_factory=lambda: ["llamacpp", "hosted"],
+        default_factory=lambda: list[GeneratorBackendName](["llamacpp", "hosted"]),
         description="fallback order, JSON list in the env var",
     )
     hosted_base_url: AnyHttpUrl | None = Field(

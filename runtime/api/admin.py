@@ -94,6 +94,7 @@ async def patch_bot_config(body: dict[str, Any], ctx: Ctx, who: Owner) -> BotCon
             "SELECT config, status FROM bot_configs WHERE tenant_id = $1 FOR UPDATE",
             who.tenant_id,
         )
+        assert row is not None
         merged = merge_patch(row["config"], patch)
         try:
             config = BotConfig.model_validate(merged)

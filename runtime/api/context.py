@@ -25,7 +25,7 @@ class AppContext:
     async def close(self) -> None:
         """Close the pool and the Redis client."""
         await self.pool.close()
-        await self.redis.aclose()
+        await self.redis.close()
 
 
 _ctx: AppContext | None = None

@@ -7,10 +7,11 @@ from uuid import UUID
 
 import asyncpg
 
+from runtime.db import Conn
 from runtime.errors import TenantNotFound
 
 
-async def get_bot_config(conn: asyncpg.Connection, tenant_id: UUID) -> asyncpg.Record:
+async def get_bot_config(conn: Conn, tenant_id: UUID) -> asyncpg.Record:
     """``(tenant_id, config, status, credit_balance, updated_at)``. Raises TenantNotFound."""
     row = await conn.fetchrow(
         """SELECT tenant_id, config, status, credit_balance, updated_at
@@ -23,7 +24,7 @@ async def get_bot_config(conn: asyncpg.Connection, tenant_id: UUID) -> asyncpg.R
 
 
 async def update_bot_config(
-    conn: asyncpg.Connection, tenant_id: UUID, config: dict[str, Any], status: str
+    conn: Conn, tenant_id: UUID, config: dict[str, Any], status: str
 ) -> asyncpg.Record:
     """Replace the config and status; returns the new row. Raises TenantNotFound."""
     row = await conn.fetchrow(
@@ -38,7 +39,7 @@ async def update_bot_config(
 
 
 async def set_credit_balance(
-    conn: asyncpg.Connection, tenant_id: UUID, credits: int | None
+    conn: Conn, tenant_id: UUID, credits: int | None
 ) -> None:
     """Set the credit balance (None: unlimited). Platform-admin operation."""
     await conn.execute(
@@ -46,7 +47,7 @@ async def set_credit_balance(
     )
 
 
-async def consume_credit(conn: asyncpg.Connection, tenant_id: UUID, amount: int = 1) -> None:
+async def consume_credit(conn: Conn, tenant_id: UUID, amount: int = 1) -> None:
     """Take ``amount`` credits for an AI answer; no-op when the balance is unlimited."""
     await conn.execute(
         """UPDATE bot_configs SET credit_balance = credit_balance - $2

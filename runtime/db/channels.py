@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
+from runtime.db import Conn
 from runtime.errors import NotFound
 
 _COLUMNS = "id, tenant_id, type, name, config, widget_token, allowed_origins, status, created_at"
@@ -19,7 +20,7 @@ def new_widget_token() -> str:
 
 
 async def create_channel(
-    conn: asyncpg.Connection, tenant_id: UUID, type_: str, name: str,
+    conn: Conn, tenant_id: UUID, type_: str, name: str,
     config: dict[str, Any], secrets_: dict[str, Any], allowed_origins: list[str],
 ) -> asyncpg.Record:
     """Insert a channel; a widget channel gets a fresh widget_token. Returns the row (no secrets)."""
@@ -34,14 +35,14 @@ async def create_channel(
     return row
 
 
-async def list_channels(conn: asyncpg.Connection, tenant_id: UUID) -> list[asyncpg.Record]:
+async def list_channels(conn: Conn, tenant_id: UUID) -> list[asyncpg.Record]:
     """The tenant's channels, oldest first (no secrets)."""
     return await conn.fetch(
         f"SELECT {_COLUMNS} FROM channels WHERE tenant_id = $1 ORDER BY created_at", tenant_id
     )
 
 
-async def get_channel(conn: asyncpg.Connection, tenant_id: UUID, channel_id: UUID) -> asyncpg.Record:
+async def get_channel(conn: Conn, tenant_id: UUID, channel_id: UUID) -> asyncpg.Record:
     """One channel of the tenant. Raises NotFound (also for another tenant's channel)."""
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM channels WHERE tenant_id = $1 AND id = $2",
@@ -52,7 +53,7 @@ async def get_channel(conn: asyncpg.Connection, tenant_id: UUID, channel_id: UUI
     return row
 
 
-async def channel_by_widget_token(conn: asyncpg.Connection, token: str) -> asyncpg.Record | None:
+async def channel_by_widget_token(conn: Conn, token: str) -> asyncpg.Record | None:
     """The active widget channel holding ``token``, or None."""
     return await conn.fetchrow(
         f"""SELECT {_COLUMNS} FROM channels

@@ -10,6 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
+from runtime.db import Conn
 from runtime.errors import TenantNotFound
 
 KEY_PREFIX = "ce_sk_"
@@ -36,7 +37,7 @@ class Principal:
 
 
 async def create_tenant(
-    conn: asyncpg.Connection, name: str, owner_name: str, owner_email: str | None,
+    conn: Conn, name: str, owner_name: str, owner_email: str | None,
     bot_config: dict[str, Any],
 ) -> tuple[asyncpg.Record, asyncpg.Record, str]:
     """Create a tenant, its owner and its default bot config in one transaction.
@@ -48,6 +49,7 @@ async def create_tenant(
         tenant = await conn.fetchrow(
             "INSERT INTO tenants (name) VALUES ($1) RETURNING id, name, created_at", name
         )
+        assert tenant is not None
         owner = await conn.fetchrow(
             """INSERT INTO users (tenant_id, name, email, role, api_key_hash, api_key_prefix)
                VALUES ($1, $2, $3, 'owner', $4, $5)
@@ -61,7 +63,7 @@ async def create_tenant(
     return tenant, owner, key
 
 
-async def get_tenant(conn: asyncpg.Connection, tenant_id: UUID) -> asyncpg.Record:
+async def get_tenant(conn: Conn, tenant_id: UUID) -> asyncpg.Record:
     """The tenant row. Raises TenantNotFound."""
     row = await conn.fetchrow(
         "SELECT id, name, created_at FROM tenants WHERE id = $1", tenant_id
@@ -72,7 +74,7 @@ async def get_tenant(conn: asyncpg.Connection, tenant_id: UUID) -> asyncpg.Recor
 
 
 async def create_user(
-    conn: asyncpg.Connection, tenant_id: UUID, name: str, email: str | None, role: str
+    conn: Conn, tenant_id: UUID, name: str, email: str | None, role: str
 ) -> tuple[asyncpg.Record, str]:
     """Create a user of ``tenant_id``; returns (row, API key in clear: shown once)."""
     key = new_api_key()
@@ -86,7 +88,7 @@ async def create_user(
     return row, key
 
 
-async def principal_for_key(conn: asyncpg.Connection, key: str) -> Principal | None:
+async def principal_for_key(conn: Conn, key: str) -> Principal | None:
     """The active user owning ``key``, or None."""
     row = await conn.fetchrow(
         """SELECT id, tenant_id, role, name FROM users
@@ -98,7 +100,7 @@ async def principal_for_key(conn: asyncpg.Connection, key: str) -> Principal | N
     return Principal(row["id"], row["tenant_id"], row["role"], row["name"])
 
 
-async def list_users(conn: asyncpg.Connection, tenant_id: UUID) -> list[asyncpg.Record]:
+async def list_users(conn: Conn, tenant_id: UUID) -> list[asyncpg.Record]:
     """The tenant's users (never their key hashes)."""
     return await conn.fetch(
         """SELECT id, tenant_id, name, email, role, api_key_prefix, created_at FROM users
@@ -107,7 +109,7 @@ async def list_users(conn: asyncpg.Connection, tenant_id: UUID) -> list[asyncpg.
     )
 
 
-async def get_user(conn: asyncpg.Connection, tenant_id: UUID, user_id: UUID) -> asyncpg.Record | None:
+async def get_user(conn: Conn, tenant_id: UUID, user_id: UUID) -> asyncpg.Record | None:
     """One user of the tenant, or None."""
     return await conn.fetchrow(
         "SELECT id, tenant_id, name, email, role FROM users WHERE tenant_id = $1 AND id = $2",
