@@ -31,10 +31,11 @@ from runtime.db import conversations as conv
 from runtime.db.pool import create_pool
 from runtime.events import SessionEvents
 from runtime.models.types import Final, GenerationRequest, TokenDelta
+from runtime.output_guard import OutputGuard
 from runtime.policy.engine import PolicyEngine
-from runtime.policy.injection import CanaryFilter, make_canary
+from runtime.policy.injection import make_canary
 from runtime.policy.leads import check_email_reply, declines_to_share, find_lead_rule
-from runtime.prompting import HANDOFF_MARKER, build_prompt
+from runtime.prompting import build_prompt
 
 log = logging.getLogger(__name__)
 
@@ -356,12 +357,12 @@ class SessionActor:
             )
             await conv.record_event(
                 conn, self.tenant_id, self.session_id, "sla_breached",
-                {"minutes": self.settings.sla_minutes, "message_id": row["id"]},
+                {"minutes": cfg.sla_minutes or self.settings.sla_minutes, "message_id": row["id"]},
             )
         await self.events.publish(self.session_id, "message", f"{row['id']}:0", message_payload(row))
         await self.events.notify_inbox(
             self.tenant_id, "sla_breached",
-            {"session_id": self.session_id, "minutes": self.settings.sla_minutes},
+            {"session_id": self.session_id, "message_id": row["id"]},
         )
         return {"fired": True, "message_id": row["id"]}
 
@@ -592,8 +593,7 @@ class SessionActor:
         )
         used = [chunks[i] for i in prompt.used_chunks]
         request = GenerationRequest(messages=prompt.messages, max_tokens=max_new, prefix_messages=1)
-        canary_filter = CanaryFilter(self.canary)
-        marker_filter = CanaryFilter(HANDOFF_MARKER)
+        guard = OutputGuard(self.canary)
         parts: list[str] = []
         seq = 0
         final: Final | None = None
@@ -616,13 +616,9 @@ class SessionActor:
                 if self._aborting:
                     raise _Aborted
                 if isinstance(item, TokenDelta):
-                    safe = canary_filter.feed(item.text)
-                    if canary_filter.tripped:
-                        guard_hit = "canary"
-                        break
-                    safe = marker_filter.feed(safe)
-                    if marker_filter.tripped:
-                        guard_hit = "handoff_marker"
+                    safe = guard.feed(item.text)
+                    if guard.hit:
+                        guard_hit = guard.hit
                         break
                     await emit(safe)
                 elif isinstance(item, Final):
@@ -630,7 +626,9 @@ class SessionActor:
             if self._aborting:
                 raise _Aborted
             if guard_hit is None:
-                await emit(marker_filter.feed(canary_filter.flush()) + marker_filter.flush())
+                tail = guard.flush()
+                guard_hit = guard.hit
+                await emit(tail)
         except (_Aborted, asyncio.CancelledError):
             await self._publish_aborted(answer_id, message_id)
             return
@@ -710,10 +708,10 @@ class SessionActor:
         """Status ``human_escalated``, the reason and question stored, a polite message to the
         customer, ``handoff`` on the stream, an ``escalation`` event for the inbox, SLA armed."""
         assert self.events is not None
-        due = _now() + timedelta(minutes=self.settings.sla_minutes)
         self.session.update(status="human_escalated", escalation_reason=reason)
         async with self.pool.acquire() as conn, conn.transaction():
             cfg = await self._config(conn)
+            due = _now() + timedelta(minutes=cfg.sla_minutes or self.settings.sla_minutes)
             await conv.update_session(
                 conn, self.tenant_id, self.session_id, status="human_escalated",
                 escalation_reason=reason, escalation_question=question, escalated_at=_now(),

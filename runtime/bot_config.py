@@ -29,6 +29,11 @@ class BotConfig(BaseModel):
     lead_capture: list[LeadCaptureRule] = Field(default_factory=list, max_length=20)
     escalation: EscalationRules = Field(default_factory=EscalationRules)
     guardrails: Guardrails = Field(default_factory=Guardrails)
+    sla_minutes: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 60,
+        description="escalated and unclaimed this long: fallback message + owner alert "
+        "(default CHAT_ENGINE_SLA_MINUTES)",
+    )
     handoff_message: str = Field(
         default="I'm connecting you to our team. Someone will reply here shortly.",
         min_length=1, max_length=500,

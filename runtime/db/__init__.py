@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
 
-# A connection as queries accept it: a bare connection or one acquired from a pool.
-Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy[Any]
+    # A connection as queries accept it: a bare connection or one acquired from a pool.
+    Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+else:
+    Conn = Any
