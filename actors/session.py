@@ -29,7 +29,7 @@ from runtime.config import get_settings
 from runtime.db import bot_configs
 from runtime.db import conversations as conv
 from runtime.db.pool import create_pool
-from runtime.events import SessionEvents
+from runtime.events import SessionEvents, redis_client
 from runtime.models.types import Final, GenerationRequest, TokenDelta
 from runtime.output_guard import OutputGuard
 from runtime.policy.engine import PolicyEngine
@@ -102,7 +102,6 @@ class SessionActor:
     # ------------------------------------------------------------------ lifecycle
     async def _activate(self) -> None:
         try:
-            import redis.asyncio as aioredis
             from ray import serve
 
             s = self.settings
@@ -112,7 +111,7 @@ class SessionActor:
                 statement_cache_size=s.db_statement_cache_size,
                 max_inactive_connection_lifetime=30.0,
             )
-            self.events = SessionEvents(aioredis.from_url(str(s.redis_url), decode_responses=True))
+            self.events = SessionEvents(redis_client(str(s.redis_url)))
             self.generator = serve.get_deployment_handle("Generator", app_name=APP_NAME)
             self.embedder = serve.get_deployment_handle("Embedder", app_name=APP_NAME)
             assert s.session_token_secret is not None

@@ -17,6 +17,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 STREAM_MAXLEN = 5000
+# Blocking stream reads wait this long; the client's socket timeout must exceed it (redis-py
+# defaults to 5 s, which would cut every idle SSE stream).
+BLOCK_MS = 10_000
+SOCKET_TIMEOUT_S = 30.0
 STREAM_TTL_S = 7 * 24 * 3600
 TERMINAL_KINDS = frozenset({"done", "aborted", "error"})
 
@@ -45,6 +49,14 @@ class SessionEvent:
     def sse(self) -> dict[str, str]:
         """The sse-starlette dict: ``{"event", "id", "data"}``."""
         return {"event": self.kind, "id": self.id, "data": json.dumps(self.data)}
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """A decode_responses client whose socket timeout outlasts blocking stream reads."""
+    return aioredis.from_url(
+        url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=5.0,
+        health_check_interval=30,
+    )
 
 
 class SessionEvents:
@@ -98,7 +110,7 @@ class SessionEvents:
                 return "0-0"
 
     async def read(
-        self, session_id: Any, after: str = "0-0", block_ms: int = 15000
+        self, session_id: Any, after: str = "0-0", block_ms: int = BLOCK_MS
     ) -> AsyncIterator[SessionEvent | None]:
         """Events after stream id ``after``, then live ones, forever.
 

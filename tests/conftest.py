@@ -110,7 +110,8 @@ def ray_cluster(services: Services) -> Iterator[int]:
         runtime_env={"env_vars": services.env},
         logging_level="WARNING",
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
     try:
         yield port
     finally:
@@ -136,7 +137,8 @@ def app_url(ray_cluster: int) -> Iterator[str]:
 
     from serve_app import build_app
 
-    serve.run(build_app({"models": _models_available()}), name="chat", route_prefix="/")
+    serve.run(build_app({"models": _models_available()}), name="chat", route_prefix="/",
+              logging_config={"log_level": "WARNING", "enable_access_log": False})
     base = f"http://127.0.0.1:{ray_cluster}"
     deadline = 120.0
     with httpx.Client(base_url=base, timeout=5) as client:

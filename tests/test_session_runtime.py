@@ -100,7 +100,7 @@ async def test_kb_question_streams_tokens_and_cites_the_pdf(
     events = await ask(client, s, "is there a free trial?")
     names = kinds(events)
     assert names[0] == "message"  # the customer's own message, persisted first
-    assert "token" in names and names[-1] == "done", names
+    assert "token" in names and names[-1] == "done", [(e.event, e.data) for e in events]
     assert names.index("token") < names.index("done")
     answer = next(e for e in events if e.event == "message" and e.data["sender"] == "ai")
     assert answer["text"] if isinstance(answer, dict) else answer.data["text"]

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from runtime.config import Settings, get_settings
 from runtime.db.pool import create_pool
+from runtime.events import redis_client
 
 
 @dataclass
@@ -57,7 +58,7 @@ async def get_context() -> AppContext:
                 max_size=settings.db_pool_max,
                 statement_cache_size=settings.db_statement_cache_size,
             )
-            client = aioredis.from_url(str(settings.redis_url), decode_responses=True)
+            client = redis_client(str(settings.redis_url))
             _ctx = AppContext(settings=settings, pool=pool, redis=client)
     return _ctx
 

@@ -120,7 +120,7 @@ async def rate_limit(redis: aioredis.Redis, key: str, limit_per_min: int) -> Non
 
 # ------------------------------------------------------------------ SSE
 async def turn_events(
-    events: SessionEvents, session_id: UUID, turn: int, after: str, keepalive_s: float = 15.0,
+    events: SessionEvents, session_id: UUID, turn: int, after: str, keepalive_s: float = 10.0,
 ) -> AsyncIterator[dict[str, str]]:
     """SSE dicts of one turn's events (from stream position ``after``) up to its terminal event
     (``done``, ``aborted`` or ``error``)."""
@@ -142,7 +142,7 @@ def _ends_turn(ev: SessionEvent) -> bool:
 
 async def session_event_stream(
     events: SessionEvents, session_id: UUID, last_event_id: str | None,
-    is_disconnected: Any, keepalive_s: float = 15.0,
+    is_disconnected: Any, keepalive_s: float = 10.0,
 ) -> AsyncIterator[dict[str, str]]:
     """All of the session's events after ``Last-Event-ID`` (or only new ones), forever."""
     if last_event_id:

@@ -72,7 +72,7 @@ class EscalationRules(BaseModel):
     max_low_coverage_turns: int = 2
     amount_threshold: float | None = None
     injection: bool = True
-    min_similarity: float = 0.35
+    min_similarity: float = 0.25
 
     @field_validator("keywords")
     @classmethod
