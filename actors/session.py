@@ -537,10 +537,15 @@ class SessionActor:
                 return
 
         # 5. Retrieval and coverage.
-        from runtime.retrieval import search
+        from runtime.retrieval import embed_query, search
 
+        t_embed = time.perf_counter()
+        query_vec = await embed_query(self.embedder, question)
+        t_search = time.perf_counter()
         chunks = await search(self.pool, self.embedder, self.tenant_id, question,
-                              k=self.settings.retrieval_k)
+                              k=self.settings.retrieval_k, query_embedding=query_vec)
+        timing = {"embed_ms": round((t_search - t_embed) * 1000, 2),
+                  "search_ms": round((time.perf_counter() - t_search) * 1000, 2)}
         best = max((c.similarity for c in chunks), default=None)
         coverage = self.policy.check_coverage(best, cfg.escalation.min_similarity)
         if coverage.escalate:
@@ -551,7 +556,7 @@ class SessionActor:
         self.state["weak_streak"] = int(self.state.get("weak_streak", 0)) + 1 if weak else 0
 
         # 6. Generate, stream, persist.
-        await self._answer(message_id, question, chunks, cfg, t0)
+        await self._answer(message_id, question, chunks, cfg, t0, timing)
 
     async def _contact_has_email(self) -> bool:
         if self.session.get("contact_id") is None:
@@ -575,8 +580,14 @@ class SessionActor:
                                        {"session_id": self.session_id, "email": email})
 
     async def _answer(
-        self, message_id: int, question: str, chunks: list[Any], cfg: BotConfig, t0: float
+        self, message_id: int, question: str, chunks: list[Any], cfg: BotConfig, t0: float,
+        timing: dict[str, float],
     ) -> None:
+        """Stream the Generator's answer through the output guard, then persist it.
+
+        timing: milliseconds already spent (embed_ms, search_ms); the ``done`` event carries them
+        with the model's own time to first token (model_ttft_ms) and the whole turn (turn_ms).
+        """
         assert self.events is not None
         if not hasattr(self, "_context_window"):
             self._context_window = int(await self.generator.context_window.remote())
@@ -688,8 +699,13 @@ class SessionActor:
         payload = {**message_payload(row), "sources": [source_payload(c) for c in used]}
         await self.events.publish(self.session_id, "message", f"{answer_id}:{seq}", payload,
                                   turn=message_id)
+        timing = {**timing, "turn_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        if usage is not None:
+            timing.update(model_ttft_ms=round(usage.ttft_ms, 2),
+                          cached_prompt_tokens=usage.cached_prompt_tokens,
+                          prompt_tokens=usage.prompt_tokens)
         await self.events.publish(self.session_id, "done", f"{answer_id}:{seq + 1}",
-                                  {"message_id": answer_id}, turn=message_id)
+                                  {"message_id": answer_id, "timing": timing}, turn=message_id)
 
     async def _publish_aborted(self, answer_id: int, message_id: int) -> None:
         assert self.events is not None

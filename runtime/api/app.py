@@ -43,6 +43,11 @@ def create_app() -> FastAPI:
             continue
         app.include_router(getattr(module, attr))
 
+    @app.get("/livez", tags=["ops"])
+    async def livez() -> dict[str, str]:
+        """Liveness only (no I/O): the Serve floor that benchmarks compare turns against."""
+        return {"status": "ok"}
+
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Any:
         """Liveness and dependencies: Postgres and Redis round trips."""

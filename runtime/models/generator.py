@@ -6,8 +6,9 @@ backend has produced its first item, an error, a first-token timeout
 requests already waiting for it) moves the request to the next backend; a backend whose circuit
 breaker is open (``breaker_failures`` consecutive failures, for ``breaker_cooldown_s`` seconds) is
 skipped. Neither the timeout nor saturation applies to the last backend, which has nowhere to
-fall back to: requests queue there. After the first item nothing moves: a failure then raises ``GenerationFailed`` and no
-second answer is started. Every move is logged and counted (``stats()["fallbacks"]``).
+fall back to: requests queue there. After the first item nothing moves: a failure then raises
+``GenerationFailed`` and no second answer is started. Every move is logged and counted
+(``stats()["fallbacks"]``).
 """
 
 from __future__ import annotations
