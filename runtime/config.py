@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     vllm_model: str | None = Field(default=None, description="HF model dir for vLLM (GPU)")
     vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     vllm_max_num_seqs: int = Field(default=32, ge=1, description="sequences vLLM runs at once")
+    llm_stream_interval_ms: float = Field(
+        default=25.0, ge=0, description="after the first, stream text at most this often (merged)"
+    )
     llm_prefix_cache_entries: int = Field(
         default=16, ge=0, description="fixed prompt prefixes whose KV cache llama.cpp keeps"
     )
@@ -152,7 +155,10 @@ class Settings(BaseSettings):
     crawl_user_agent: str = "chat-engine-kb/0.1 (+knowledge-base crawler)"
     ingest_embed_batch: int = Field(default=64, ge=1, description="texts per embed_many call")
     retrieval_candidates: int = Field(default=20, ge=1, description="rows per leg before RRF")
-    retrieval_ef_search: int = Field(default=64, ge=1, description="hnsw.ef_search")
+    retrieval_ef_search: int = Field(default=200, ge=1, description="hnsw.ef_search")
+    retrieval_text_match_cap: int = Field(
+        default=400, ge=10, description="full-text matches ranked per branch (bounds the work)"
+    )
     retrieval_rrf_k: int = Field(default=60, ge=1, description="reciprocal-rank-fusion constant")
 
     @field_validator("data_dir")
