@@ -600,6 +600,7 @@ class SessionActor:
         prompt = build_prompt(
             cfg, self.canary, question, chunks, [(r["sender"], r["text"]) for r in history_rows],
             context_window=self._context_window, max_new_tokens=max_new,
+            source_tokens=self.settings.prompt_source_tokens,
         )
         used = [chunks[i] for i in prompt.used_chunks]
         request = GenerationRequest(messages=prompt.messages, max_tokens=max_new, prefix_messages=1)

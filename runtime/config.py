@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=4000, ge=1)
     history_turns: int = Field(default=6, ge=0)
     retrieval_k: int = Field(default=4, ge=1, le=50)
+    prompt_source_tokens: int = Field(
+        default=220, ge=50, description="prompt budget for retrieved sources (CPU first-token time)"
+    )
     sla_minutes: float = Field(default=15.0, gt=0)
     idle_minutes: float = Field(default=10.0, gt=0)
     timekeeper_poll_s: float = Field(default=1.0, gt=0)
