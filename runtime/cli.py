@@ -116,15 +116,15 @@ def up(
     from runtime.services import resolve_services
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
     services = resolve_services(settings)
     try:
         upgrade(services.database_url)
         env = worker_env(settings, services.database_url, services.redis_url)
         start_ray(settings, env)
         deploy(settings, port, models=models)
+        # After ray.init, which installs handlers of its own: stop cleanly on Ctrl-C/SIGTERM.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         base = str(settings.public_base_url or f"http://{settings.host}:{port}").rstrip("/")
         console.print(f"[bold green]chat-engine is up[/bold green] at {base}  (OpenAPI: {base}/docs)")
         console.print(f"  postgres : {services.database_url}")

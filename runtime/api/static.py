@@ -25,7 +25,7 @@ from runtime.db import bot_configs, channels
 
 router = APIRouter(tags=["widget"], include_in_schema=False)
 
-WIDGET_DIR = Path(widget.__file__).resolve().parent
+WIDGET_DIR = Path(next(iter(widget.__path__))).resolve()
 DEMO_FILE = "demo.json"
 ASSET_TYPES = {
     "widget.js": "text/javascript; charset=utf-8",
