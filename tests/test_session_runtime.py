@@ -25,7 +25,7 @@ from tests.chat_helpers import (
     new_session,
     widget_channel,
 )
-from tests.conftest import TenantInfo, free_port, make_tenant
+from tests.conftest import Services, TenantInfo, free_port, make_tenant
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -210,27 +210,39 @@ async def test_twenty_sessions_in_parallel_all_complete(
 
 
 async def test_takeover_mid_generation_aborts_and_routes_to_inbox(
-    client: httpx.AsyncClient, kb_tenant: dict[str, Any], db: Any
+    client: httpx.AsyncClient, kb_tenant: dict[str, Any], db: Any, services: Services
 ) -> None:
     tenant: TenantInfo = kb_tenant["tenant"]
+    import redis.asyncio as aioredis
+
+    from runtime.events import stream_key
+
     s = await new_session(client, kb_tenant["channel"]["widget_token"])
-    tokens_after_takeover: list[SseEvent] = []
+    redis = aioredis.from_url(services.redis_url, decode_responses=True)
     took_over = asyncio.Event()
+    tokens_published_at_takeover = 0
+
+    async def published_tokens() -> int:
+        entries = await redis.xrange(stream_key(s.session_id))
+        return sum(1 for _, f in entries if f["k"] == "token")
 
     async def on_event(ev: SseEvent) -> None:
-        if ev.event == "token":
-            if took_over.is_set():
-                tokens_after_takeover.append(ev)
-            else:
-                r = await client.post(f"/v1/sessions/{s.session_id}/takeover", headers=tenant.headers)
-                assert r.status_code == 200, r.text
-                took_over.set()
+        nonlocal tokens_published_at_takeover
+        if ev.event == "token" and not took_over.is_set():
+            r = await client.post(f"/v1/sessions/{s.session_id}/takeover", headers=tenant.headers)
+            assert r.status_code == 200, r.text
+            # What the stream held when the takeover returned: later tokens are "after" it.
+            tokens_published_at_takeover = await published_tokens()
+            took_over.set()
 
     events = await ask(client, s, "Explain in detail how funnels and goals work in the dashboard.",
                        on_event=on_event)
     assert took_over.is_set(), kinds(events)
     assert kinds(events)[-1] == "aborted"
-    assert len(tokens_after_takeover) <= 1
+    tokens_total = await published_tokens()
+    await redis.close()
+    assert tokens_published_at_takeover >= 1
+    assert tokens_total - tokens_published_at_takeover <= 1
     aborted_id = events[-1].data["message_id"]
     sent = await db.fetchval("SELECT count(*) FROM messages WHERE id = $1 AND status = 'sent'",
                              aborted_id)
