@@ -29,6 +29,7 @@ from runtime.config import get_settings
 from runtime.db import bot_configs
 from runtime.db import conversations as conv
 from runtime.db.pool import create_pool
+from runtime.errors import ChatEngineError, Conflict
 from runtime.events import SessionEvents, redis_client
 from runtime.models.types import Final, GenerationRequest, TokenDelta
 from runtime.output_guard import OutputGuard
@@ -249,8 +250,6 @@ class SessionActor:
         await self._wait_ready()
         assert self.events is not None
         if self.session["status"] == "closed":
-            from runtime.errors import Conflict
-
             raise Conflict("the session is closed; a new customer message opens a new one")
         self._abort_generation()
         agent = UUID(agent_id)
@@ -279,8 +278,6 @@ class SessionActor:
         if self.session["status"] in ("ai_handled", "human_escalated"):
             await self.takeover(agent_id, agent_name)
         elif self.session["status"] == "closed":
-            from runtime.errors import Conflict
-
             raise Conflict("the session is closed; the customer can no longer receive replies")
         async with self.pool.acquire() as conn:
             row = await conv.insert_message(
@@ -301,8 +298,6 @@ class SessionActor:
         """Return the conversation to the bot (``ai_handled``)."""
         await self._wait_ready()
         if self.session["status"] == "closed":
-            from runtime.errors import Conflict
-
             raise Conflict("the session is closed")
         self.session.update(status="ai_handled", assignee_id=None)
         self.state["weak_streak"] = 0
@@ -647,7 +642,6 @@ class SessionActor:
             if self._aborting:
                 await self._publish_aborted(answer_id, message_id)
                 return
-            from runtime.errors import ChatEngineError
 
             code = exc.code if isinstance(exc, ChatEngineError) else "generation_failed"
             log.warning("generation failed for message %s: %s", message_id, exc)

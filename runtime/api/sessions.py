@@ -17,7 +17,7 @@ from actors.session import session_actor
 from actors.timekeeper import ensure_timekeeper
 from runtime.config import Settings
 from runtime.errors import RateLimited, SessionNotFound, Unauthorized
-from runtime.events import TERMINAL_KINDS, SessionEvent, SessionEvents
+from runtime.events import TERMINAL_KINDS, SessionEvents
 
 _HANDLES: OrderedDict[tuple[str, str], Any] = OrderedDict()
 _HANDLE_CACHE_MAX = 10_000
@@ -131,13 +131,9 @@ async def turn_events(
         if ev.turn != turn:
             continue
         yield ev.sse()
-        if ev.kind in TERMINAL_KINDS and (ev.kind != "done" or _ends_turn(ev)):
+        # Every turn ends with exactly one terminal event (`done`, `aborted` or `error`).
+        if ev.kind in TERMINAL_KINDS:
             return
-
-
-def _ends_turn(ev: SessionEvent) -> bool:
-    # Every turn ends with exactly one `done` (answer, escalation message or inbox hand-off).
-    return ev.kind == "done"
 
 
 async def session_event_stream(
