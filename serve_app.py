@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from actors.timekeeper import ensure_timekeeper
 from runtime.api.app import create_app
 from runtime.api.context import get_context
 from runtime.config import get_settings
@@ -36,6 +37,9 @@ class Ingress:
 
         context.MODEL_HANDLES["embedder"] = embedder
         context.MODEL_HANDLES["generator"] = generator
+        # At start, not at the first chat turn: it also fails ingestion jobs orphaned by a
+        # restart, and SLA timers of passivated sessions must fire with no traffic at all.
+        ensure_timekeeper()
 
     async def check_health(self) -> None:
         """Serve health check: the process can reach Postgres."""

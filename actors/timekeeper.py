@@ -1,7 +1,9 @@
 """Timekeeper: the single detached actor that wakes sessions whose stored timers are due.
 
 Session actors arm asyncio timers while active; this actor polls the ``timers`` table so an SLA
-fires even for a passivated session (activating it through its named actor).
+fires even for a passivated session (activating it through its named actor). Every
+``kb_job_heartbeat_s`` it also fails ingestion jobs whose worker stopped reporting
+(``kb_job_stale_s``), so no job stays ``running`` forever after a restart.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import ray
 
 from runtime.config import get_settings
 from runtime.db import conversations as conv
+from runtime.db import kb as kb_db
 from runtime.db.pool import create_pool
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,7 @@ class Timekeeper:
         self.settings = get_settings()
         self.fired = 0
         self.errors = 0
+        self.jobs_failed_stale = 0
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
@@ -38,8 +43,12 @@ class Timekeeper:
         assert self.settings.database_url is not None
         pool = await create_pool(str(self.settings.database_url), min_size=0, max_size=1,
                                  max_inactive_connection_lifetime=60.0)
+        last_sweep = 0.0
         while True:
             try:
+                if time.monotonic() - last_sweep >= self.settings.kb_job_heartbeat_s:
+                    last_sweep = time.monotonic()
+                    await self._sweep_jobs(pool)
                 async with pool.acquire() as conn:
                     due = await conv.due_timers(conn)
                 calls = [
@@ -58,9 +67,18 @@ class Timekeeper:
                 log.exception("timer poll failed")
             await asyncio.sleep(self.settings.timekeeper_poll_s)
 
+    async def _sweep_jobs(self, pool: Any) -> None:
+        async with pool.acquire() as conn:
+            failed = await kb_db.fail_stale_jobs(conn, self.settings.kb_job_stale_s)
+        for row in failed:
+            log.warning("ingestion job %s (tenant %s) had no heartbeat for %.0f s: failed",
+                        row["id"], row["tenant_id"], self.settings.kb_job_stale_s)
+        self.jobs_failed_stale += len(failed)
+
     async def stats(self) -> dict[str, Any]:
-        """``{"fired": n, "errors": n}`` since this actor started."""
-        return {"fired": self.fired, "errors": self.errors}
+        """``{"fired": n, "errors": n, "jobs_failed_stale": n}`` since this actor started."""
+        return {"fired": self.fired, "errors": self.errors,
+                "jobs_failed_stale": self.jobs_failed_stale}
 
 
 def ensure_timekeeper() -> Any:

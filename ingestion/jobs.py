@@ -257,10 +257,28 @@ class _Runner:
             await asyncio.gather(*tasks)
         self.state.discovered = self._base + crawler.discovered
 
+    async def heartbeat(self) -> None:
+        """Touch ``heartbeat_at`` every ``kb_job_heartbeat_s`` while the job runs, so the
+        Timekeeper can tell a slow job (a long crawl delay, a big PDF) from a dead one."""
+        while True:
+            await asyncio.sleep(self.settings.kb_job_heartbeat_s)
+            try:
+                async with self.pool.acquire() as conn:
+                    await kb_db.heartbeat_job(conn, self.job_id)
+            except (OSError, asyncpg.PostgresError):  # a missed beat; the next one may land
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
     async def run(self, files: list[SourceFile]) -> JobState:
-        spec = self.spec
         async with self.pool.acquire() as conn:
             await kb_db.start_job(conn, self.job_id)
+        beat = asyncio.create_task(self.heartbeat())
+        try:
+            return await self._run(files)
+        finally:
+            beat.cancel()
+
+    async def _run(self, files: list[SourceFile]) -> JobState:
+        spec = self.spec
         self._base = len(files) + (1 if spec.text else 0)
         self.state.discovered = self._base + (1 if spec.url else 0)
         jobs = [self.guarded(f.name, self.ingest_file(f)) for f in files]

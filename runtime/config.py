@@ -157,8 +157,19 @@ class Settings(BaseSettings):
     crawl_timeout_s: float = Field(default=20.0, gt=0, description="per HTTP request")
     crawl_user_agent: str = "chat-engine-kb/0.1 (+knowledge-base crawler)"
     ingest_embed_batch: int = Field(default=64, ge=1, description="texts per embed_many call")
+    kb_job_heartbeat_s: float = Field(
+        default=10.0, gt=0, description="how often a running ingestion job reports it is alive"
+    )
+    kb_job_stale_s: float = Field(
+        default=120.0, gt=0,
+        description="a pending/running job silent this long is failed (its worker died)",
+    )
     retrieval_candidates: int = Field(default=20, ge=1, description="rows per leg before RRF")
-    retrieval_ef_search: int = Field(default=200, ge=1, description="hnsw.ef_search")
+    retrieval_ef_search: int = Field(
+        default=100, ge=1,
+        description="hnsw.ef_search within a tenant's partition (benchmarks/retrieval.py: "
+        "recall@5 0.98 at 100; above ~300 the planner switches to an exact scan and sort)",
+    )
     retrieval_text_match_cap: int = Field(
         default=400, ge=10, description="full-text matches ranked per branch (bounds the work)"
     )

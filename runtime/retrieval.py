@@ -10,9 +10,10 @@ Usage (session actor, ingress, agent API)::
 :class:`ingestion.embed.LocalEmbedder` in the CLI and benchmarks). Pass ``query_embedding`` to
 skip embedding altogether.
 
-Vector leg: ``kb_chunks`` HNSW (cosine) with ``SET LOCAL hnsw.iterative_scan = relaxed_order``
-so the tenant filter cannot starve results; no btree on tenant_id (DESIGN.md, Storage).
-Full-text leg: GIN on ``kb_chunks.tsv`` (tenant folded in as a lexeme): chunks with all the query's
+Vector leg: ``kb_chunks`` is LIST-partitioned by tenant (migration 0005), so ``tenant_id = $1``
+prunes to the tenant's own partition and HNSW (cosine) graph; ``hnsw.iterative_scan =
+relaxed_order`` stays on so a filter can never starve results; no btree led by tenant_id
+(DESIGN.md, Storage). Full-text leg: the partition's GIN on ``tsv``: chunks with all the query's
 words, topped up with chunks with any of them, each ranked by ``ts_rank_cd``. Fusion: reciprocal
 rank, ``sum(1 / (rrf_k + rank))`` over both legs' top ``candidates``; each result keeps both
 legs' own scores.

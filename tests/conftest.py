@@ -77,6 +77,7 @@ def services() -> Iterator[Services]:
             "CHAT_ENGINE_SESSION_TOKEN_SECRET": SESSION_SECRET,
             # Seconds-scale timers and a small Ray footprint for 2 cores.
             "CHAT_ENGINE_TIMEKEEPER_POLL_S": "0.5",
+            "CHAT_ENGINE_KB_JOB_HEARTBEAT_S": "1",
             "CHAT_ENGINE_LLM_MAX_TOKENS": os.environ.get("CHAT_ENGINE_LLM_MAX_TOKENS", "48"),
             "CHAT_ENGINE_EMBEDDING_NUM_CPUS": "0.5",
             "CHAT_ENGINE_GENERATOR_NUM_CPUS": "0.5",

@@ -531,6 +531,109 @@ async def test_no_btree_on_chunk_tenant_and_hnsw_used(db: Any) -> None:
     assert any("USING hnsw (embedding vector_cosine_ops)" in d for d in defs)
     assert any("USING gin (tsv)" in d for d in defs)
     assert not any(re.search(r"btree \(tenant_id", d) for d in defs), defs
+    assert any(re.search(r"btree \(id, tenant_id\)", d) for d in defs), defs  # the primary key
+
+
+async def test_each_tenant_has_its_own_chunk_partition(db: Any) -> None:
+    async with db.acquire() as conn:
+        tid, other = [await conn.fetchval(
+            "INSERT INTO tenants (name) VALUES ($1) RETURNING id", name)
+            for name in ("kb-part-a", "kb-part-b")]
+        part, other_part = "kb_chunks_t" + tid.hex, "kb_chunks_t" + other.hex
+        for p in (part, other_part):
+            assert await conn.fetchval("SELECT to_regclass($1)::text", p) == p
+        # Its own HNSW index, and a search for the tenant reads that partition alone.
+        idx = await conn.fetch("SELECT indexdef FROM pg_indexes WHERE tablename = $1", part)
+        assert any("USING hnsw (embedding vector_cosine_ops)" in r["indexdef"] for r in idx)
+        # A knowledge base big enough that the planner prefers the graph over a scan and sort.
+        doc = await conn.fetchval(
+            "INSERT INTO kb_documents (tenant_id, source, kind, content_hash) "
+            "VALUES ($1, 'bulk', 'text', 'h') RETURNING id", tid)
+        vecs = np.random.default_rng(3).normal(size=(8000, 384)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        await conn.copy_records_to_table(
+            "kb_chunks", records=[(tid, doc, i, "x", 1, vecs[i]) for i in range(len(vecs))],
+            columns=("tenant_id", "document_id", "ord", "text", "token_count", "embedding"))
+        await conn.execute(f"ANALYZE {part}")
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN SELECT id FROM kb_chunks WHERE tenant_id = $1 "
+            "ORDER BY embedding <=> $2 LIMIT 5", tid, vecs[0]))
+        assert f"on {part}" in plan and "embedding_idx" in plan, plan
+        assert other_part not in plan
+        # Deleting a tenant drops its partition with it, and only its own.
+        await conn.execute("DELETE FROM tenants WHERE id = $1", tid)
+        assert await conn.fetchval("SELECT to_regclass($1)", part) is None
+        assert await conn.fetchval("SELECT to_regclass($1)::text", other_part) == other_part
+        await conn.execute("DELETE FROM tenants WHERE id = $1", other)
+
+
+class _SlowEmbedder:
+    """The deployed Embedder behind a delay: a source whose embedding takes ``delay_s``."""
+
+    def __init__(self, handle: Any, delay_s: float) -> None:
+        self.handle, self.delay_s = handle, delay_s
+
+    async def embed_many(self, texts: list[str]) -> Any:
+        await asyncio.sleep(self.delay_s)
+        return await self.handle.embed_many.remote(texts)
+
+    async def embed(self, text: str) -> Any:
+        return await self.handle.embed.remote(text)
+
+
+async def test_running_job_heartbeats_through_a_long_source(app_url: str, db: Any) -> None:
+    from ray import serve
+
+    from ingestion.jobs import IngestSpec, run_job
+    from runtime.config import get_settings
+    from runtime.db import kb as kb_db
+
+    settings = get_settings().model_copy(update={"kb_job_heartbeat_s": 0.3})
+    embedder = _SlowEmbedder(serve.get_deployment_handle("Embedder", app_name="chat"), 3.0)
+    async with db.acquire() as conn:
+        tid = await conn.fetchval("INSERT INTO tenants (name) VALUES ('kb-beat') RETURNING id")
+        job = await kb_db.create_job(conn, tid, {})
+    spec = IngestSpec(text="# Returns\n\nBikes can be returned within 30 days.", name="returns")
+    task = asyncio.create_task(run_job(db, embedder, job["id"], tid, spec, settings=settings))
+    beats: set[Any] = set()
+    while not task.done():
+        row = await db.fetchrow("SELECT status, heartbeat_at FROM kb_jobs WHERE id = $1", job["id"])
+        if row["status"] == "running":
+            beats.add(row["heartbeat_at"])
+        await asyncio.sleep(0.1)
+    state = await task
+    # One source stalled for 3 s with no progress to write, and the job still reported alive.
+    assert len(beats) >= 4, beats
+    assert state.status == "completed" and state.documents == 1
+    done = await db.fetchrow("SELECT status FROM kb_jobs WHERE id = $1", job["id"])
+    assert done["status"] == "completed"
+    await db.execute("DELETE FROM tenants WHERE id = $1", tid)
+
+
+async def test_orphaned_job_is_failed_and_a_live_one_kept(
+    kb_client: httpx.AsyncClient, kb_tenant: TenantInfo, db: Any
+) -> None:
+    tid = UUID(kb_tenant.id)
+    orphan, live = [await db.fetchval(
+        "INSERT INTO kb_jobs (tenant_id, status, started_at, heartbeat_at) "
+        "VALUES ($1, 'running', now() - interval '1 hour', now() - $2::text::interval) RETURNING id",
+        tid, age) for age in ("1 hour", "0 seconds")]
+    try:
+        # The Timekeeper sweeps every kb_job_heartbeat_s (1 s in tests); stale after 120 s.
+        deadline = time.monotonic() + 30
+        while True:
+            r = await kb_client.get(f"/v1/kb/jobs/{orphan}", headers=kb_tenant.headers)
+            job = r.json()
+            if job["status"] != "running" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert job["status"] == "failed", job
+        assert "interrupted" in job["message"] and "submit the job again" in job["message"]
+        assert job["finished_at"] is not None
+        r = await kb_client.get(f"/v1/kb/jobs/{live}", headers=kb_tenant.headers)
+        assert r.json()["status"] == "running" and r.json()["message"] is None
+    finally:
+        await db.execute("DELETE FROM kb_jobs WHERE id = ANY($1::uuid[])", [orphan, live])
 
 
 def test_cli_ingest_pdf_with_progress(

@@ -68,7 +68,9 @@ class IngestBody(BaseModel):
 
 class JobOut(BaseModel):
     """An ingestion job: status pending|running|completed|failed, counts and per-source errors
-    (``[{source, error, status?}]``, at most 1000 listed; ``error_count`` is the total)."""
+    (``[{source, error, status?}]``, at most 1000 listed; ``error_count`` is the total).
+    ``heartbeat_at``: when its worker last reported; a pending/running job silent for
+    ``kb_job_stale_s`` is failed by the Timekeeper (its worker died)."""
 
     id: UUID
     status: str
@@ -84,6 +86,7 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime
 
 
 class DocumentOut(BaseModel):

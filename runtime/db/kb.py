@@ -1,7 +1,9 @@
 """Knowledge-base queries (plain SQL): ingestion jobs, documents, chunks and the retrieval legs.
 
-Every query filters on ``tenant_id``. Vectors are numpy float32 arrays (the pool registers the
-pgvector codec); ``embedding`` parameters are (384,) arrays, L2-normalised by the Embedder.
+Every query filters on ``tenant_id``, which also prunes ``kb_chunks`` to the tenant's own
+partition (one per tenant, created and dropped by triggers on ``tenants``; migration 0005).
+Vectors are numpy float32 arrays (the pool registers the pgvector codec); ``embedding``
+parameters are (384,) arrays, L2-normalised by the Embedder.
 
 The retrieval queries must run inside a transaction (``SET LOCAL`` of the HNSW options); use
 :func:`runtime.retrieval.search` rather than calling them directly.
@@ -23,7 +25,7 @@ from runtime.errors import NotFound
 
 JOB_COLUMNS = (
     "id, tenant_id, status, spec, documents, unchanged, chunks, pages_fetched, error_count, "
-    "errors, skipped, message, created_at, started_at, finished_at"
+    "errors, skipped, message, created_at, started_at, finished_at, heartbeat_at"
 )
 DOCUMENT_COLUMNS = (
     "id, tenant_id, source, kind, title, content_hash, chunk_count, size_bytes, metadata, job_id, "
@@ -69,7 +71,31 @@ async def list_jobs(
 async def start_job(conn: Conn, job_id: UUID) -> None:
     """pending -> running (sets started_at)."""
     await conn.execute(
-        "UPDATE kb_jobs SET status = 'running', started_at = now() WHERE id = $1", job_id
+        "UPDATE kb_jobs SET status = 'running', started_at = now(), heartbeat_at = now() "
+        "WHERE id = $1",
+        job_id,
+    )
+
+
+async def heartbeat_job(conn: Conn, job_id: UUID) -> None:
+    """Mark a running job alive (``heartbeat_at = now()``); see :func:`fail_stale_jobs`."""
+    await conn.execute(
+        "UPDATE kb_jobs SET heartbeat_at = now() WHERE id = $1 AND status = 'running'", job_id
+    )
+
+
+async def fail_stale_jobs(conn: Conn, stale_s: float) -> list[asyncpg.Record]:
+    """Fail ``pending``/``running`` jobs with no heartbeat for ``stale_s`` seconds (their worker
+    died: a cluster restart, a killed Ray worker). Returns their (id, tenant_id) rows."""
+    return await conn.fetch(
+        """UPDATE kb_jobs SET status = 'failed', finished_at = now(),
+                  message = 'interrupted: the ingestion worker stopped (no progress for '
+                            || round($1::numeric) || ' s, e.g. a restart); submit the job '
+                            || 'again: documents already stored and unchanged are skipped'
+           WHERE status IN ('pending', 'running')
+             AND heartbeat_at < now() - make_interval(secs => $1)
+           RETURNING id, tenant_id""",
+        float(stale_s),
     )
 
 
@@ -81,7 +107,7 @@ async def update_job_progress(
     error entries are stored, ``error_count`` is always the true count)."""
     await conn.execute(
         """UPDATE kb_jobs SET documents = $2, unchanged = $3, chunks = $4, pages_fetched = $5,
-                  error_count = $6, errors = $7, skipped = $8
+                  error_count = $6, errors = $7, skipped = $8, heartbeat_at = now()
            WHERE id = $1""",
         job_id, documents, unchanged, chunks, pages_fetched, len(errors),
         list(errors[:MAX_STORED_ERRORS]), skipped,
