@@ -14,7 +14,7 @@ Vector leg: ``kb_chunks`` is LIST-partitioned by tenant (migration 0005), so ``t
 prunes to the tenant's own partition and HNSW (cosine) graph; ``hnsw.iterative_scan =
 relaxed_order`` stays on so a filter can never starve results; no btree led by tenant_id
 (DESIGN.md, Storage). Full-text leg: the partition's GIN on ``tsv``: chunks with all the query's
-words, topped up with chunks with any of them, each ranked by ``ts_rank_cd``. Fusion: reciprocal
+words, topped up with chunks with any of them, each ranked by ``ts_rank``. Fusion: reciprocal
 rank, ``sum(1 / (rrf_k + rank))`` over both legs' top ``candidates``; each result keeps both
 legs' own scores.
 """
@@ -42,7 +42,7 @@ class RetrievedChunk:
 
     similarity: cosine similarity of the chunk's embedding to the query's, in [-1, 1] (about
       0.1-0.3 for unrelated text, 0.5+ for a passage that answers the question, with MiniLM).
-    text_rank: the full-text leg's ``ts_rank_cd`` (>= 0), or None when that leg did not return it.
+    text_rank: the full-text leg's ``ts_rank`` (>= 0), or None when that leg did not return it.
     rrf_score: the fused score, ``sum(1 / (rrf_k + rank))`` over the legs that returned it.
     page: 1-based PDF page, None for other sources. source: URL, file name or ``qa:<hash>``.
     """

@@ -560,6 +560,18 @@ async def test_each_tenant_has_its_own_chunk_partition(db: Any) -> None:
             "ORDER BY embedding <=> $2 LIMIT 5", tid, vecs[0]))
         assert f"on {part}" in plan and "embedding_idx" in plan, plan
         assert other_part not in plan
+        # A new tenant's partition is attached while a search holds kb_chunks open (no
+        # ACCESS EXCLUSIVE lock that would queue every search behind it).
+        async with db.acquire() as reader, reader.transaction():
+            await reader.fetchval("SELECT count(*) FROM kb_chunks WHERE tenant_id = $1", tid)
+            async with conn.transaction():
+                await conn.execute("SET LOCAL lock_timeout = '2s'")
+                third = await conn.fetchval(
+                    "INSERT INTO tenants (name) VALUES ('kb-part-c') RETURNING id")
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'kb_chunks'::regclass "
+            "AND inhrelid = to_regclass($1)", "kb_chunks_t" + third.hex) == 1
+        await conn.execute("DELETE FROM tenants WHERE id = $1", third)
         # Deleting a tenant drops its partition with it, and only its own.
         await conn.execute("DELETE FROM tenants WHERE id = $1", tid)
         assert await conn.fetchval("SELECT to_regclass($1)", part) is None

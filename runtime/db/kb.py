@@ -342,17 +342,18 @@ async def exact_vector_leg(
 # query words (plainto_tsquery) rank first; only when they are fewer than $5 are chunks matching
 # ANY word added. Each branch ranks at most $6 matches (in physical order), so a query made of
 # words found everywhere costs a bounded amount of work instead of ranking the tenant's whole
-# knowledge base.
+# knowledge base. ts_rank rather than ts_rank_cd: cover density over a long OR query cost ~20 us
+# per match (text-leg p99 24 ms at 100k chunks against 12.5 ms), and fusion uses only the order.
 _TEXT_CTES = """
 ta AS MATERIALIZED (
-    SELECT id, ts_rank_cd(tsv, plainto_tsquery('english', $2)) AS rank FROM (
+    SELECT id, ts_rank(tsv, plainto_tsquery('english', $2)) AS rank FROM (
         SELECT id, tsv FROM kb_chunks
         WHERE numnode(plainto_tsquery('english', $2)) > 0
           AND tsv @@ (plainto_tsquery('english', $2) && $4::tsquery) AND tenant_id = $1
         LIMIT $6
     ) m ORDER BY rank DESC, id LIMIT $5
 ), tb AS MATERIALIZED (
-    SELECT id, ts_rank_cd(tsv, to_tsquery('english', $3)) AS rank FROM (
+    SELECT id, ts_rank(tsv, to_tsquery('english', $3)) AS rank FROM (
         SELECT id, tsv FROM kb_chunks
         WHERE (SELECT count(*) FROM ta) < $5
           AND $3::text IS NOT NULL AND numnode(to_tsquery('english', $3)) > 0
@@ -378,7 +379,7 @@ def _text_args(tenant_id: UUID, query: str, n: int) -> tuple[Any, ...]:
 
 async def text_leg(conn: Conn, tenant_id: UUID, query: str, n: int) -> list[asyncpg.Record]:
     """Full-text matches on the GIN index: rows (id, rank), best first (chunks with all the
-    query's words first, then chunks with any; each by ``ts_rank_cd``)."""
+    query's words first, then chunks with any; each by ``ts_rank``)."""
     return await conn.fetch(
         f"WITH {_TEXT_CTES} SELECT id, rank FROM tr WHERE r <= $5 ORDER BY r",
         *_text_args(tenant_id, query, n),

@@ -10,8 +10,9 @@ instead of deleting rows one by one.
 
 - Partitions are created by the database, not by application code: an AFTER INSERT trigger on
   ``tenants`` creates ``kb_chunks_t<uuid hex>``; a BEFORE DELETE trigger drops it. Every code path
-  that creates a tenant (API, CLI, tests, SQL by hand) therefore gets one. Creating a partition
-  briefly takes a lock on ``kb_chunks`` (tenant creation is rare; a search waits milliseconds).
+  that creates a tenant (API, CLI, tests, SQL by hand) therefore gets one. Creating one takes only
+  SHARE UPDATE EXCLUSIVE on ``kb_chunks`` (LIKE + ATTACH), so searches and ingestion go on;
+  dropping one takes ACCESS EXCLUSIVE, bounded by a 5 s lock_timeout.
 - Still no btree led by ``tenant_id`` (the primary key is ``(id, tenant_id)``); partition pruning
   does the tenant narrowing. ``hnsw.iterative_scan`` stays on (harmless within one tenant).
 - Chunk ids keep their values (a sequence continues after the highest); messages cite them.
@@ -70,15 +71,33 @@ def upgrade() -> None:
     CREATE FUNCTION kb_chunks_partition(tenant uuid) RETURNS text
         LANGUAGE sql IMMUTABLE AS $$ SELECT 'kb_chunks_t' || replace(tenant::text, '-', '') $$;
 
+    -- CREATE TABLE ... PARTITION OF would hold ACCESS EXCLUSIVE on kb_chunks (every search
+    -- queues behind it, and behind whatever it waits for); a table made LIKE the parent (with
+    -- its indexes) and then ATTACHed takes SHARE UPDATE EXCLUSIVE, so reads and writes go on.
+    CREATE FUNCTION kb_chunks_add_partition(tenant uuid) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        IF to_regclass(kb_chunks_partition(tenant)) IS NOT NULL THEN
+            RETURN;
+        END IF;
+        EXECUTE format('CREATE TABLE %I (LIKE kb_chunks INCLUDING DEFAULTS INCLUDING GENERATED '
+                       'INCLUDING INDEXES INCLUDING CONSTRAINTS)', kb_chunks_partition(tenant));
+        EXECUTE format('ALTER TABLE kb_chunks ATTACH PARTITION %I FOR VALUES IN (%L)',
+                       kb_chunks_partition(tenant), tenant);
+    END $$;
     CREATE FUNCTION tenants_create_kb_partition() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF kb_chunks FOR VALUES IN (%L)',
-                       kb_chunks_partition(NEW.id), NEW.id);
+        PERFORM kb_chunks_add_partition(NEW.id);
         RETURN NULL;
     END $$;
+    -- Dropping a partition needs ACCESS EXCLUSIVE on kb_chunks: wait at most 5 s for it (then
+    -- the tenant's deletion fails and can be retried) rather than stall every search.
     CREATE FUNCTION tenants_drop_kb_partition() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        previous text := current_setting('lock_timeout');
     BEGIN
+        PERFORM set_config('lock_timeout', '5s', true);
         EXECUTE format('DROP TABLE IF EXISTS %I', kb_chunks_partition(OLD.id));
+        PERFORM set_config('lock_timeout', previous, true);
         RETURN OLD;
     END $$;
     CREATE TRIGGER tenants_kb_partition_create AFTER INSERT ON tenants
@@ -86,14 +105,7 @@ def upgrade() -> None:
     CREATE TRIGGER tenants_kb_partition_drop BEFORE DELETE ON tenants
         FOR EACH ROW EXECUTE FUNCTION tenants_drop_kb_partition();
 
-    DO $$
-    DECLARE t uuid;
-    BEGIN
-        FOR t IN SELECT id FROM tenants LOOP
-            EXECUTE format('CREATE TABLE %I PARTITION OF kb_chunks FOR VALUES IN (%L)',
-                           kb_chunks_partition(t), t);
-        END LOOP;
-    END $$;
+    SELECT kb_chunks_add_partition(id) FROM tenants;
 
     INSERT INTO kb_chunks (id, tenant_id, document_id, ord, text, title, section, page,
                            token_count, embedding, created_at)
@@ -109,7 +121,8 @@ def downgrade() -> None:
     op.execute("""
     DROP TRIGGER IF EXISTS tenants_kb_partition_create ON tenants;
     DROP TRIGGER IF EXISTS tenants_kb_partition_drop ON tenants;
-    DROP FUNCTION IF EXISTS tenants_create_kb_partition(), tenants_drop_kb_partition();
+    DROP FUNCTION IF EXISTS tenants_create_kb_partition(), tenants_drop_kb_partition(),
+        kb_chunks_add_partition(uuid);
     ALTER TABLE kb_chunks RENAME TO kb_chunks_partitioned;
     ALTER INDEX kb_chunks_document_idx RENAME TO kb_chunks_partitioned_document_idx;
     ALTER INDEX kb_chunks_embedding_hnsw RENAME TO kb_chunks_partitioned_embedding_hnsw;
