@@ -545,6 +545,10 @@ async def test_each_tenant_has_its_own_chunk_partition(db: Any) -> None:
         # Its own HNSW index, and a search for the tenant reads that partition alone.
         idx = await conn.fetch("SELECT indexdef FROM pg_indexes WHERE tablename = $1", part)
         assert any("USING hnsw (embedding vector_cosine_ops)" in r["indexdef"] for r in idx)
+        storage = await conn.fetchval(  # vectors inline, not TOASTed (fast exact scans)
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = $1::regclass "
+            "AND attname = 'embedding'", part)
+        assert storage == b"p"
         # A knowledge base big enough that the planner prefers the graph over a scan and sort.
         doc = await conn.fetchval(
             "INSERT INTO kb_documents (tenant_id, source, kind, content_hash) "

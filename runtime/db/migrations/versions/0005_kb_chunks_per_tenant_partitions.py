@@ -63,6 +63,12 @@ def upgrade() -> None:
             REFERENCES kb_documents (id, tenant_id) ON DELETE CASCADE
     ) PARTITION BY LIST (tenant_id);
     ALTER SEQUENCE kb_chunk_ids OWNED BY kb_chunks.id;
+    -- Inline vectors: a 384-d vector (1.5 kB) plus a chunk's text passes the TOAST threshold,
+    -- and the vector would be moved out of line; an exact scan (what the planner picks for a
+    -- small knowledge base) then fetches every vector from the TOAST table.
+    -- Partitions also keep rows up to ~4 kB whole (toast_tuple_target), so a chunk's text and
+    -- tsvector stay beside its vector: the full-text leg ranks up to 400 rows per query.
+    ALTER TABLE kb_chunks ALTER COLUMN embedding SET STORAGE PLAIN;
     CREATE INDEX kb_chunks_document_idx ON kb_chunks (document_id, ord);
     CREATE INDEX kb_chunks_embedding_hnsw ON kb_chunks
         USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 128);
@@ -80,7 +86,8 @@ def upgrade() -> None:
             RETURN;
         END IF;
         EXECUTE format('CREATE TABLE %I (LIKE kb_chunks INCLUDING DEFAULTS INCLUDING GENERATED '
-                       'INCLUDING INDEXES INCLUDING CONSTRAINTS)', kb_chunks_partition(tenant));
+                       'INCLUDING INDEXES INCLUDING CONSTRAINTS INCLUDING STORAGE) '
+                       'WITH (toast_tuple_target = 4080)', kb_chunks_partition(tenant));
         EXECUTE format('ALTER TABLE kb_chunks ATTACH PARTITION %I FOR VALUES IN (%L)',
                        kb_chunks_partition(tenant), tenant);
     END $$;
