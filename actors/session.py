@@ -91,6 +91,9 @@ class SessionActor:
         self._gen_response: Any = None
         self._aborting = False
         self._turn_running = False
+        # Set while a finished answer is being stored and published: an abort that comes then
+        # waits for it, so the customer never gets an AI answer after agent_joined/handoff.
+        self._delivering: asyncio.Event | None = None
         self._last_activity = time.monotonic()
         self._sla_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -240,7 +243,7 @@ class SessionActor:
         """The "Talk to a human" button: escalate now, aborting a running answer."""
         await self._wait_ready()
         if self.session["status"] == "ai_handled":
-            self._abort_generation()
+            await self._abort_generation()
             await self._escalate(reason, "handoff_button", None, turn=0)
         return {"status": self.session["status"]}
 
@@ -251,7 +254,7 @@ class SessionActor:
         assert self.events is not None
         if self.session["status"] == "closed":
             raise Conflict("the session is closed; a new customer message opens a new one")
-        self._abort_generation()
+        await self._abort_generation()
         agent = UUID(agent_id)
         self.session.update(status="human_assigned", assignee_id=agent)
         async with self.pool.acquire() as conn, conn.transaction():
@@ -313,7 +316,7 @@ class SessionActor:
     async def close(self) -> dict[str, Any]:
         """Close the conversation; the actor then passivates."""
         await self._wait_ready()
-        self._abort_generation()
+        await self._abort_generation()
         self.session["status"] = "closed"
         async with self.pool.acquire() as conn:
             await conv.update_session(
@@ -378,12 +381,16 @@ class SessionActor:
             self._sla_task = None
 
     # ------------------------------------------------------------------ turns
-    def _abort_generation(self) -> None:
+    async def _abort_generation(self) -> None:
+        """Cancel the running answer; if it is already past generation and being delivered,
+        wait until it is delivered, so whatever the caller publishes next comes after it."""
         if self._turn_running:
             self._aborting = True
             if self._gen_response is not None:
                 with contextlib.suppress(Exception):
                     self._gen_response.cancel()
+        if self._delivering is not None:
+            await self._delivering.wait()
 
     async def _run_turns(self) -> None:
         await self._ready.wait()
@@ -673,6 +680,23 @@ class SessionActor:
             await self._escalate("The assistant produced no answer.", "empty_answer", question,
                                  message_id)
             return
+        if self._aborting:
+            await self._publish_aborted(answer_id, message_id)
+            return
+        # From here the answer is delivered whole: no await between the check above and this.
+        self._delivering = asyncio.Event()
+        try:
+            await self._deliver_answer(t0, timing, answer, answer_id, message_id, seq, final, used)
+        finally:
+            self._delivering.set()
+            self._delivering = None
+
+    async def _deliver_answer(
+        self, t0: float, timing: dict[str, float], answer: str, answer_id: int, message_id: int,
+        seq: int, final: Final | None, used: list[Any],
+    ) -> None:
+        """Store the AI message (with usage, sources, credit) and publish ``message`` + ``done``."""
+        assert self.events is not None
         usage = final.usage if final is not None else None
         latency_ms = int((time.perf_counter() - t0) * 1000)
         async with self.pool.acquire() as conn, conn.transaction():

@@ -217,28 +217,41 @@ async def test_takeover_mid_generation_aborts_and_routes_to_inbox(
 
     from runtime.events import stream_key
 
-    s = await new_session(client, kb_tenant["channel"]["widget_token"])
     redis = aioredis.from_url(services.redis_url, decode_responses=True)
-    took_over = asyncio.Event()
-    tokens_published_at_takeover = 0
 
-    async def published_tokens() -> int:
-        entries = await redis.xrange(stream_key(s.session_id))
-        return sum(1 for _, f in entries if f["k"] == "token")
+    # The takeover is sent at the first token; on a loaded machine the (48-token) answer can
+    # finish before it reaches the actor. Then the whole answer must precede agent_joined, and
+    # the test tries again with a new session, until a takeover lands mid-generation.
+    for _attempt in range(3):
+        s = await new_session(client, kb_tenant["channel"]["widget_token"])
+        took_over = asyncio.Event()
+        tokens_published_at_takeover = 0
 
-    async def on_event(ev: SseEvent) -> None:
-        nonlocal tokens_published_at_takeover
-        if ev.event == "token" and not took_over.is_set():
-            r = await client.post(f"/v1/sessions/{s.session_id}/takeover", headers=tenant.headers)
-            assert r.status_code == 200, r.text
-            # What the stream held when the takeover returned: later tokens are "after" it.
-            tokens_published_at_takeover = await published_tokens()
-            took_over.set()
+        async def published_tokens(session_id: str = s.session_id) -> int:
+            entries = await redis.xrange(stream_key(session_id))
+            return sum(1 for _, f in entries if f["k"] == "token")
 
-    events = await ask(client, s, "Explain in detail how funnels and goals work in the dashboard.",
-                       on_event=on_event)
-    assert took_over.is_set(), kinds(events)
-    assert kinds(events)[-1] == "aborted"
+        async def on_event(ev: SseEvent, session_id: str = s.session_id,
+                           took_over: asyncio.Event = took_over) -> None:
+            nonlocal tokens_published_at_takeover
+            if ev.event == "token" and not took_over.is_set():
+                r = await client.post(f"/v1/sessions/{session_id}/takeover", headers=tenant.headers)
+                assert r.status_code == 200, r.text
+                # What the stream held when the takeover returned: later tokens are "after" it.
+                tokens_published_at_takeover = await published_tokens()
+                took_over.set()
+
+        events = await ask(client, s, "Explain in detail how funnels and goals work in the dashboard.",
+                           on_event=on_event)
+        assert took_over.is_set(), kinds(events)
+        if kinds(events)[-1] == "aborted":
+            break
+        assert kinds(events)[-1] == "done", kinds(events)
+        order = [f["k"] for _, f in await redis.xrange(stream_key(s.session_id))]
+        assert "agent_joined" in order and "message" in order, order
+        assert order.index("agent_joined") > len(order) - 1 - order[::-1].index("done"), order
+    else:
+        pytest.fail("in 3 attempts the takeover never reached the actor while it was generating")
     tokens_total = await published_tokens()
     await redis.close()
     assert tokens_published_at_takeover >= 1
