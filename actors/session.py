@@ -249,7 +249,8 @@ class SessionActor:
 
     async def takeover(self, agent_id: str, agent_name: str) -> dict[str, Any]:
         """An agent takes the conversation: ``human_assigned``, the running generation is
-        cancelled (nothing partial is delivered; the stream gets ``aborted``)."""
+        cancelled (nothing partial is delivered; the stream gets ``aborted``). An answer already
+        generated whole and being stored is delivered first; ``agent_joined`` follows it."""
         await self._wait_ready()
         assert self.events is not None
         if self.session["status"] == "closed":
