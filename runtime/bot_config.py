@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from runtime.policy.config import EscalationRules, Guardrails, LeadCaptureRule
 
 BotStatus = Literal["active", "paused"]
+AnswerStrategy = Literal["auto", "generative", "extractive"]
 
 
 class BotConfig(BaseModel):
@@ -26,6 +27,12 @@ class BotConfig(BaseModel):
     )
     greeting: str = Field(default="Hi! Got questions? I'm Sarah", min_length=1, max_length=300)
     language: str = Field(default="en", min_length=2, max_length=10)
+    answer_strategy: AnswerStrategy = Field(
+        default="auto",
+        description="generative: the model writes from the sources (every sentence grounding-checked); "
+        "extractive: the best source sentences quoted with their link, no model; auto: generative only "
+        "when the operator marks the generator capable (vLLM, hosted), extractive on the CPU default",
+    )
     lead_capture: list[LeadCaptureRule] = Field(default_factory=list, max_length=20)
     escalation: EscalationRules = Field(default_factory=EscalationRules)
     guardrails: Guardrails = Field(default_factory=Guardrails)

@@ -137,9 +137,23 @@ class Settings(BaseSettings):
     prompt_source_tokens: int = Field(
         default=220, ge=50, description="prompt budget for retrieved sources (CPU first-token time)"
     )
+    prompt_history_tokens: int = Field(
+        default=120, ge=0, description="prompt budget for earlier turns (recent first, AI answers cut)"
+    )
     sla_minutes: float = Field(default=15.0, gt=0)
     idle_minutes: float = Field(default=10.0, gt=0)
     timekeeper_poll_s: float = Field(default=1.0, gt=0)
+    turn_retry_window_s: float = Field(
+        default=60.0, ge=0,
+        description="a turn failing on Postgres/Redis is retried with backoff this long, then escalated",
+    )
+    turn_stream_timeout_s: float = Field(
+        default=180.0, gt=0, description="an SSE turn stream with no terminal event ends with an error"
+    )
+    stale_message_s: float = Field(
+        default=30.0, gt=0,
+        description="a customer message unanswered this long makes the Timekeeper re-activate its session",
+    )
 
     # --- rate limits (per minute) ---
     rate_limit_widget_token_per_min: int = Field(default=600, ge=1)

@@ -126,3 +126,17 @@ class IngestionError(ChatEngineError):
 
     status_code = 422
     code = "ingestion_error"
+
+
+class SessionPassivating(ChatEngineError):
+    """The session's actor is persisting and exiting; call again (a new actor takes over) (503)."""
+
+    status_code = 503
+    code = "session_passivating"
+
+
+class DependencyUnavailable(ChatEngineError):
+    """Postgres or Redis is unreachable; nothing was changed, try again shortly (503)."""
+
+    status_code = 503
+    code = "dependency_unavailable"

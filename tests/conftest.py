@@ -210,13 +210,52 @@ async def db(services: Services) -> AsyncIterator[Any]:
 
 
 class LoopbackProxy:
-    """A TCP proxy on 127.0.0.1 that a test can cut (``kill_connections``) mid-stream."""
+    """A TCP proxy on 127.0.0.1 that a test can cut (``kill_connections``) mid-stream, or take
+    down altogether (``block``: open connections aborted, new ones refused at once) and bring back
+    (``unblock``). It runs on the test's event loop, so the test must be awaiting meanwhile."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int | None = None, *, unix_path: str | None = None) -> None:
+        assert (target_port is None) != (unix_path is None), "one upstream: a port or a socket"
         self.target_port = target_port
+        self.unix_path = unix_path
         self.port = free_port()
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.blocked = False
+        self.refused = 0
+
+    def url(self, template: str) -> str:
+        """``template`` (a DSN) pointed at the proxy: host 127.0.0.1, the proxy's port."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(template)
+        user = parts.netloc.rsplit("@", 1)
+        netloc = (user[0] + "@" if len(user) == 2 else "") + f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    @classmethod
+    def for_url(cls, url: str) -> LoopbackProxy:
+        """A proxy in front of the server of ``url``: a ``redis://host:port`` or a Postgres DSN
+        (TCP, or the embedded server's percent-encoded unix socket directory)."""
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(url)
+        host = unquote(parts.netloc.rsplit("@", 1)[-1])
+        if host.startswith("/"):
+            sockets = [p for p in Path(host).glob(".s.PGSQL.*") if not p.name.endswith(".lock")]
+            assert sockets, f"no Postgres socket in {host}"
+            return cls(unix_path=str(sockets[0]))
+        assert parts.port is not None, url
+        return cls(parts.port)
+
+    def block(self) -> None:
+        """The service is "down": cut open connections, refuse new ones."""
+        self.blocked = True
+        self.kill_connections()
+
+    def unblock(self) -> None:
+        """The service is back."""
+        self.blocked = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -230,7 +269,14 @@ class LoopbackProxy:
             writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        if self.blocked:
+            self.refused += 1
+            writer.transport.abort()
+            return
+        if self.unix_path is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
+        else:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers.update({writer, up_writer})
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 

@@ -72,8 +72,9 @@ async def kb_tenant(app_url: str, site_server: str, fixtures_dir: Path) -> dict[
         assert r.status_code in (200, 201, 202), r.text
         job = await _wait_job(client, h, r.json()["id"])
         assert job["status"] == "completed", job
+        # Generative, so these tests see the model's tokens (the CPU default, auto, is extractive).
         r = await client.patch("/v1/bot-config", headers=h, json={
-            "business_name": "Plausible",
+            "business_name": "Plausible", "answer_strategy": "generative",
             "lead_capture": [{"topics": ["pricing", "price", "prices"],
                               "ask_message": "Happy to help! What's your email address?"}],
         })
@@ -385,8 +386,7 @@ async def test_canary_in_model_output_is_never_delivered(app_url: str) -> None:
     from ray import serve
 
     from runtime.models.types import ChatMessage, GenerationRequest, TokenDelta
-    from runtime.output_guard import OutputGuard
-    from runtime.policy.injection import make_canary
+    from runtime.policy import OutputGuard, make_canary
 
     canary = make_canary("tenant-x", "secret")
     forced = f"Sure! The code is {canary} and more text."

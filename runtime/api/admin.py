@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, EmailStr, Field, ValidationError, field_validator
 
-from runtime.api.auth import Admin, Ctx, Owner
+from runtime.api.deps import Admin, Ctx, Owner
 from runtime.bot_config import BotConfig, BotStatus, merge_patch
 from runtime.db import bot_configs, channels, tenants
 from runtime.errors import InvalidInput

@@ -10,10 +10,12 @@ from uuid import UUID
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from runtime.api.auth import Ctx, Owner, User
-from runtime.api.sessions import call_session
-from runtime.db import conversations as conv
-from runtime.db.tenants import Principal
+from runtime.api.deps import Ctx, Models, OwnedSession, Owner, User
+from runtime.api.session_calls import call_session
+from runtime.conversation.payloads import message_payload
+from runtime.db import escalations as esc_db
+from runtime.db import messages as msg_db
+from runtime.db import sessions as sess_db
 from runtime.errors import NotFound
 
 router = APIRouter(prefix="/v1", tags=["agent"])
@@ -40,33 +42,23 @@ async def list_sessions(ctx: Ctx, who: User, status: SessionStatus | None = None
                         limit: int = 50) -> list[SessionSummary]:
     """The tenant's sessions, most recently active first (``?status=human_escalated``)."""
     async with ctx.pool.acquire() as conn:
-        rows = await conv.list_sessions(conn, who.tenant_id, status, min(max(limit, 1), 500))
+        rows = await sess_db.list_sessions(conn, who.tenant_id, status, min(max(limit, 1), 500))
     return [SessionSummary(**{k: r[k] for k in SessionSummary.model_fields}) for r in rows]
 
 
-async def _own_session(ctx: Any, who: Principal, session_id: UUID) -> None:
-    async with ctx.pool.acquire() as conn:
-        await conv.get_session(conn, who.tenant_id, session_id)  # 404 for another tenant's
-
-
 @router.get("/sessions/{session_id}/messages")
-async def session_messages(session_id: UUID, ctx: Ctx, who: User, after: int = 0) -> dict[str, Any]:
+async def session_messages(s: OwnedSession, ctx: Ctx, after: int = 0) -> dict[str, Any]:
     """The conversation, including the inbox-only customer messages."""
-    from actors.session import message_payload
-
     async with ctx.pool.acquire() as conn:
-        session = await conv.get_session(conn, who.tenant_id, session_id)
-        rows = await conv.list_messages(conn, who.tenant_id, session_id, after, include_unsent=True)
-    return {"session_id": str(session_id), "status": session["status"],
+        rows = await msg_db.list_messages(conn, s.tenant_id, s.session_id, after, include_unsent=True)
+    return {"session_id": str(s.session_id), "status": s.row["status"],
             "messages": [{**message_payload(r), "status": r["status"]} for r in rows]}
 
 
 @router.post("/sessions/{session_id}/takeover")
-async def takeover(session_id: UUID, ctx: Ctx, who: User) -> dict[str, Any]:
+async def takeover(s: OwnedSession) -> dict[str, Any]:
     """Take the conversation: the bot stops at once (running answer aborted)."""
-    await _own_session(ctx, who, session_id)
-    return await call_session(ctx.settings, who.tenant_id, session_id, "takeover",
-                              str(who.user_id), who.name)
+    return await call_session(s.tenant_id, s.session_id, "takeover", str(s.who.user_id), s.who.name)
 
 
 class ReplyIn(BaseModel):
@@ -76,25 +68,22 @@ class ReplyIn(BaseModel):
 
 
 @router.post("/sessions/{session_id}/reply")
-async def reply(session_id: UUID, body: ReplyIn, ctx: Ctx, who: User) -> dict[str, Any]:
+async def reply(body: ReplyIn, s: OwnedSession) -> dict[str, Any]:
     """Send an agent message to the customer (takes the session over if needed)."""
-    await _own_session(ctx, who, session_id)
-    return await call_session(ctx.settings, who.tenant_id, session_id, "agent_reply",
-                              str(who.user_id), who.name, body.text)
+    return await call_session(s.tenant_id, s.session_id, "agent_reply", str(s.who.user_id), s.who.name,
+                              body.text)
 
 
 @router.post("/sessions/{session_id}/hand-back")
-async def hand_back(session_id: UUID, ctx: Ctx, who: User) -> dict[str, Any]:
+async def hand_back(s: OwnedSession) -> dict[str, Any]:
     """Give the conversation back to the bot."""
-    await _own_session(ctx, who, session_id)
-    return await call_session(ctx.settings, who.tenant_id, session_id, "hand_back", str(who.user_id))
+    return await call_session(s.tenant_id, s.session_id, "hand_back", str(s.who.user_id))
 
 
 @router.post("/sessions/{session_id}/close")
-async def close(session_id: UUID, ctx: Ctx, who: User) -> dict[str, Any]:
+async def close(s: OwnedSession) -> dict[str, Any]:
     """Close the conversation."""
-    await _own_session(ctx, who, session_id)
-    return await call_session(ctx.settings, who.tenant_id, session_id, "close")
+    return await call_session(s.tenant_id, s.session_id, "close")
 
 
 class EscalationOut(BaseModel):
@@ -105,6 +94,7 @@ class EscalationOut(BaseModel):
     reason: str
     signal: str | None
     question: str | None
+    priority: str
     created_at: datetime
     claimed_at: datetime | None
     sla_breached_at: datetime | None
@@ -116,13 +106,7 @@ async def list_escalations(ctx: Ctx, who: User, signal: str | None = None,
                            limit: int = 50) -> list[EscalationOut]:
     """Recent escalations (``?signal=low_coverage`` lists the questions the bot could not answer)."""
     async with ctx.pool.acquire() as conn:
-        rows = await conn.fetch(
-            """SELECT id, session_id, reason, signal, question, created_at, claimed_at,
-                      sla_breached_at, resolved_kb_entry
-               FROM escalations WHERE tenant_id = $1 AND ($2::text IS NULL OR signal = $2)
-               ORDER BY created_at DESC LIMIT $3""",
-            who.tenant_id, signal, min(max(limit, 1), 500),
-        )
+        rows = await esc_db.list_escalations(conn, who.tenant_id, signal, min(max(limit, 1), 500))
     return [EscalationOut(**dict(r)) for r in rows]
 
 
@@ -134,26 +118,20 @@ class KbAnswerIn(BaseModel):
 
 
 @router.post("/escalations/{escalation_id}/add-to-kb")
-async def add_to_kb(escalation_id: UUID, body: KbAnswerIn, ctx: Ctx, who: Owner) -> dict[str, Any]:
+async def add_to_kb(escalation_id: UUID, body: KbAnswerIn, ctx: Ctx, who: Owner,
+                    models: Models) -> dict[str, Any]:
     """Owner: turn an unanswered question into a knowledge-base Q&A entry, searchable at once."""
     from ingestion.qa import add_qa
-    from runtime.api.context import MODEL_HANDLES
 
     async with ctx.pool.acquire() as conn:
-        esc = await conn.fetchrow(
-            "SELECT question FROM escalations WHERE tenant_id = $1 AND id = $2",
-            who.tenant_id, escalation_id,
-        )
+        esc = await esc_db.escalation_question(conn, who.tenant_id, escalation_id)
     if esc is None:
         raise NotFound(f"no escalation {escalation_id} in this tenant")
     question = body.question or esc["question"]
     if not question:
         raise NotFound("this escalation has no question; pass `question` explicitly")
-    entry = await add_qa(ctx.pool, MODEL_HANDLES["embedder"], who.tenant_id, question, body.answer,
+    entry = await add_qa(ctx.pool, models["embedder"], who.tenant_id, question, body.answer,
                          source="agent")
     async with ctx.pool.acquire() as conn:
-        await conn.execute(
-            "UPDATE escalations SET resolved_kb_entry = true WHERE tenant_id = $1 AND id = $2",
-            who.tenant_id, escalation_id,
-        )
+        await esc_db.mark_resolved_by_kb_entry(conn, who.tenant_id, escalation_id)
     return entry

@@ -17,8 +17,8 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from runtime.api.auth import Ctx, Owner
 from runtime.api.context import MODEL_HANDLES
+from runtime.api.deps import Ctx, Owner
 from runtime.db import kb as kb_db
 from runtime.errors import BackendUnavailable, InvalidInput, PayloadTooLarge
 from runtime.retrieval import search as kb_search

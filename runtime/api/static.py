@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 import widget
 from runtime.api.admin import public_base, widget_snippet
-from runtime.api.auth import Ctx
+from runtime.api.deps import Ctx
 from runtime.bot_config import BotConfig
 from runtime.db import bot_configs, channels
 

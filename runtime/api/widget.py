@@ -16,21 +16,18 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
-from runtime.api.auth import Ctx
-from runtime.api.sessions import (
-    call_session,
-    issue_session_token,
-    rate_limit,
-    replay_answer,
-    session_event_stream,
-    turn_events,
-    verify_session_token,
-)
+from runtime.api.deps import Ctx, WidgetSession
+from runtime.api.ratelimit import rate_limit
+from runtime.api.session_calls import call_session, warm_session
+from runtime.api.streams import replay_answer, session_event_stream, turn_events
 from runtime.bot_config import BotConfig
+from runtime.conversation.payloads import message_payload
 from runtime.db import bot_configs, channels
-from runtime.db import conversations as conv
+from runtime.db import messages as msg_db
+from runtime.db import sessions as sess_db
 from runtime.errors import ChatEngineError, Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 from runtime.events import SessionEvents
+from runtime.security import issue_session_token, verify_session_token
 
 router = APIRouter(prefix="/v1/widget", tags=["widget"])
 
@@ -101,16 +98,16 @@ async def create_session(body: SessionCreate, request: Request, ctx: Ctx) -> Any
             session = None
             if body.session_token:
                 try:
-                    claims = verify_session_token(ctx.settings, body.session_token, None)
-                    if claims["cid"] == str(channel_id) and claims.get("org") == origin:
-                        session = await conv.get_session(conn, tenant_id, UUID(claims["sid"]))
+                    claims = verify_session_token(ctx.settings, body.session_token)
+                    if claims.channel_id == channel_id and claims.origin == origin:
+                        session = await sess_db.get_session(conn, tenant_id, claims.session_id)
                 except ChatEngineError:
                     session = None
             restored = session is not None
             if session is None:
                 visitor = body.visitor_id or f"visitor-{uuid4().hex}"
-                contact_id = await conv.upsert_contact(conn, tenant_id, channel_id, visitor)
-                session = await conv.create_session(conn, tenant_id, channel_id, contact_id, origin)
+                contact_id = await sess_db.upsert_contact(conn, tenant_id, channel_id, visitor)
+                session = await sess_db.create_session(conn, tenant_id, channel_id, contact_id, origin)
     except ChatEngineError as exc:
         headers = {**CORS_HEADERS, "Access-Control-Allow-Origin": origin} if origin else {}
         if exc.status_code == 429:
@@ -119,18 +116,14 @@ async def create_session(body: SessionCreate, request: Request, ctx: Ctx) -> Any
             headers.pop("Access-Control-Allow-Origin", None)  # the browser hides the body too
         return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
     token, exp = issue_session_token(ctx.settings, tenant_id, session["id"], channel_id, origin)
+    if session["status"] != "closed":
+        warm_session(tenant_id, session["id"])  # the actor starts while the visitor reads the greeting
     out = SessionOut(
         session_id=session["id"], session_token=token, expires_at=exp, status=session["status"],
         restored=restored, bot_name=cfg.bot_name, greeting=cfg.greeting,
     )
     return JSONResponse(out.model_dump(mode="json"),
                         headers={**CORS_HEADERS, "Access-Control-Allow-Origin": origin})
-
-
-def _token(authorization: str | None, token: str | None) -> str | None:
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return token
 
 
 class MessageIn(BaseModel):
@@ -140,16 +133,25 @@ class MessageIn(BaseModel):
     client_msg_id: str = Field(min_length=1, max_length=100)
 
 
+def _client_msg_turn_stream(ctx: Any, events: SessionEvents, session_id: UUID, result: dict[str, Any],
+                            after: str) -> EventSourceResponse:
+    turn = int(result["message_id"])
+    timeout = ctx.settings.turn_stream_timeout_s
+    if result["duplicate"]:
+        if result["status"] == "received":  # still being answered: follow it from the start
+            return EventSourceResponse(turn_events(events, session_id, turn, "0-0", timeout_s=timeout),
+                                       ping=15)
+        return EventSourceResponse(replay_answer(result["answer"], turn))
+    return EventSourceResponse(turn_events(events, session_id, turn, after, timeout_s=timeout), ping=15)
+
+
 @router.post("/sessions/{session_id}/messages")
-async def post_message(
-    session_id: UUID, body: MessageIn, request: Request, ctx: Ctx,
-    authorization: Annotated[str | None, Header()] = None,
-    token: Annotated[str | None, Query()] = None,
-) -> EventSourceResponse:
+async def post_message(session_id: UUID, body: MessageIn, request: Request, ctx: Ctx,
+                       claims: WidgetSession) -> EventSourceResponse:
     """Send a customer message; the response is SSE of this turn's events, ending with
-    ``done`` (or ``aborted``/``error``). A repeated ``client_msg_id`` replays the original answer.
+    ``done`` (or ``aborted``/``error``). A repeated ``client_msg_id`` replays the original answer,
+    or follows it if it is still being answered.
     """
-    claims = verify_session_token(ctx.settings, _token(authorization, token), session_id)
     text = body.text.strip()
     if not text:
         raise InvalidInput("text: must not be empty", field="text")
@@ -160,29 +162,20 @@ async def post_message(
         )
     await rate_limit(ctx.redis, f"sess:{session_id}", ctx.settings.rate_limit_ip_per_min)
     await rate_limit(ctx.redis, f"ip:{_client_ip(request)}", ctx.settings.rate_limit_ip_per_min)
-    tenant_id = UUID(claims["tid"])
     events = SessionEvents(ctx.redis)
     after = await events.last_stream_id(session_id)
-    result = await call_session(ctx.settings, tenant_id, session_id, "submit", text,
+    result = await call_session(claims.tenant_id, session_id, "submit", text,
                                 client_msg_id=body.client_msg_id)
-    turn = int(result["message_id"])
-    if result["duplicate"]:
-        if result["status"] == "received":  # still being answered: follow it from the start
-            return EventSourceResponse(turn_events(events, session_id, turn, "0-0"), ping=15)
-        return EventSourceResponse(replay_answer(result["answer"], turn))
-    return EventSourceResponse(turn_events(events, session_id, turn, after), ping=15)
+    return _client_msg_turn_stream(ctx, events, session_id, result, after)
 
 
 @router.get("/sessions/{session_id}/events")
 async def session_events(
-    session_id: UUID, request: Request, ctx: Ctx,
-    authorization: Annotated[str | None, Header()] = None,
-    token: Annotated[str | None, Query()] = None,
+    session_id: UUID, request: Request, ctx: Ctx, claims: WidgetSession,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id_q: Annotated[str | None, Query(alias="last_event_id")] = None,
 ) -> EventSourceResponse:
     """SSE of all the session's events; resumes after ``Last-Event-ID`` (header or query)."""
-    verify_session_token(ctx.settings, _token(authorization, token), session_id)
     events = SessionEvents(ctx.redis)
     return EventSourceResponse(
         session_event_stream(events, session_id, last_event_id or last_event_id_q,
@@ -192,29 +185,16 @@ async def session_events(
 
 
 @router.get("/sessions/{session_id}/messages")
-async def list_messages(
-    session_id: UUID, ctx: Ctx, after: int = 0,
-    authorization: Annotated[str | None, Header()] = None,
-    token: Annotated[str | None, Query()] = None,
-) -> dict[str, Any]:
+async def list_messages(session_id: UUID, ctx: Ctx, claims: WidgetSession, after: int = 0) -> dict[str, Any]:
     """Delivered messages with id > ``after``, oldest first (history and reconnection)."""
-    from actors.session import message_payload
-
-    claims = verify_session_token(ctx.settings, _token(authorization, token), session_id)
     async with ctx.pool.acquire() as conn:
-        session = await conv.get_session(conn, UUID(claims["tid"]), session_id)
-        rows = await conv.list_messages(conn, UUID(claims["tid"]), session_id, after)
+        session = await sess_db.get_session(conn, claims.tenant_id, session_id)
+        rows = await msg_db.list_messages(conn, claims.tenant_id, session_id, after)
     return {"session_id": str(session_id), "status": session["status"],
             "messages": [message_payload(r) for r in rows]}
 
 
 @router.post("/sessions/{session_id}/handoff")
-async def handoff(
-    session_id: UUID, ctx: Ctx,
-    authorization: Annotated[str | None, Header()] = None,
-    token: Annotated[str | None, Query()] = None,
-) -> dict[str, Any]:
+async def handoff(session_id: UUID, claims: WidgetSession) -> dict[str, Any]:
     """The "Talk to a human" button."""
-    claims = verify_session_token(ctx.settings, _token(authorization, token), session_id)
-    return await call_session(ctx.settings, UUID(claims["tid"]), session_id, "handoff",
-                              "The customer asked for a human.")
+    return await call_session(claims.tenant_id, session_id, "handoff", "The customer asked for a human.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -12,18 +10,7 @@ import asyncpg
 
 from runtime.db import Conn
 from runtime.errors import TenantNotFound
-
-KEY_PREFIX = "ce_sk_"
-
-
-def new_api_key() -> str:
-    """A fresh API key: ``ce_sk_`` + 43 url-safe characters (256 bits)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_api_key(key: str) -> str:
-    """Hex SHA-256 of the key. Keys are 256-bit random, so a fast hash is the right tool."""
-    return hashlib.sha256(key.encode()).hexdigest()
+from runtime.security import hash_api_key, new_api_key
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""Calling a session's actor from the ingress: activation, passivation races, unwrapped errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import OrderedDict
+from typing import Any
+from uuid import UUID
+
+import ray
+
+from actors.session import session_actor
+from actors.timekeeper import ensure_timekeeper
+from runtime.errors import ChatEngineError, SessionPassivating
+
+_HANDLES: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_HANDLE_CACHE_MAX = 10_000
+_timekeeper_started = False
+# A passivating actor refuses calls until it has exited; the next handle is a new actor.
+PASSIVATION_RETRIES = 40
+PASSIVATION_BACKOFF_S = 0.05
+
+
+def worker_env() -> dict[str, str]:
+    """The env vars a session actor's process needs (settings and offline model flags)."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith(("CHAT_ENGINE_", "HF_", "TRANSFORMERS_", "TOKENIZERS_"))}
+
+
+def _handle(tenant_id: UUID, session_id: UUID, fresh: bool = False) -> Any:
+    global _timekeeper_started
+    if not _timekeeper_started:
+        ensure_timekeeper()
+        _timekeeper_started = True
+    key = (str(tenant_id), str(session_id))
+    if not fresh and key in _HANDLES:
+        _HANDLES.move_to_end(key)
+        return _HANDLES[key]
+    handle = session_actor(tenant_id, session_id, worker_env())
+    _HANDLES[key] = handle
+    if len(_HANDLES) > _HANDLE_CACHE_MAX:
+        _HANDLES.popitem(last=False)
+    return handle
+
+
+def _unwrap(exc: ray.exceptions.RayTaskError) -> BaseException:
+    inner = getattr(exc, "cause", None)
+    return inner if isinstance(inner, Exception) else exc.as_instanceof_cause()
+
+
+async def call_session(tenant_id: UUID, session_id: UUID, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``method`` on the session's actor, activating it if it was passivated.
+
+    A call that meets a passivating or exited actor is retried on the actor that replaces it.
+    Raises what the actor raises (ChatEngineError subclasses, unwrapped from Ray's wrapper).
+    """
+    last: BaseException | None = None
+    for attempt in range(PASSIVATION_RETRIES):
+        handle = _handle(tenant_id, session_id, fresh=attempt > 0)
+        try:
+            return await getattr(handle, method).remote(*args, **kwargs)
+        except ray.exceptions.RayActorError as exc:
+            last = exc  # passivated, or died and not restartable: a new actor takes over
+        except ray.exceptions.RayTaskError as exc:
+            cause = _unwrap(exc)
+            if not isinstance(cause, SessionPassivating):
+                raise cause from None
+            last = cause
+        await asyncio.sleep(PASSIVATION_BACKOFF_S)
+    if isinstance(last, ChatEngineError):
+        raise last
+    raise SessionPassivating("the conversation is restarting; try again in a moment") from last
+
+
+def warm_session(tenant_id: UUID, session_id: UUID) -> None:
+    """Start the session's actor now (fire and forget), so the customer's first message does not
+    wait for a process to start."""
+    _handle(tenant_id, session_id).ping.remote()

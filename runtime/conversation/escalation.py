@@ -1,0 +1,143 @@
+"""Escalation to a human, and the SLA timer that watches it.
+
+:func:`escalate` commits everything an escalation is in one transaction (the session's status,
+reason and question, the escalation row with its priority, an analytics event, the durable SLA
+timer, the polite message to the customer and its delivery), then the caller's memory changes,
+then the events go out (``message``, ``handoff``, ``done``; the inbox notification). A failed
+transaction changes nothing: memory and Postgres keep agreeing.
+
+:class:`SlaTimer` is the actor's in-memory copy of the ``timers`` row: while the actor is active it
+fires on time; when the actor is passivated the Timekeeper fires the stored row instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from runtime.bot_config import BotConfig
+from runtime.conversation.delivery import Delivery, publish_message, store_message
+from runtime.conversation.state import SessionRecord, SessionState
+from runtime.db import Conn
+from runtime.db import escalations as esc_db
+from runtime.db import sessions as sess_db
+from runtime.db import timers as timer_db
+from runtime.events import SessionEvents
+
+log = logging.getLogger(__name__)
+
+
+def now() -> datetime:
+    """The current time, UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """What an escalation asks: reason (one sentence for the inbox), signal, the customer's
+    question, detail (JSON-safe specifics), priority (low | normal | high | critical)."""
+
+    reason: str
+    signal: str | None
+    question: str | None
+    detail: dict[str, Any]
+    priority: str = "normal"
+
+
+async def escalate(
+    pool: Any, delivery: Delivery, events: SessionEvents, record: SessionRecord, cfg: BotConfig,
+    esc: Escalation, *, turn: int, state: SessionState, default_sla_minutes: float,
+    on_committed: Callable[[SessionRecord, SessionState, datetime], None],
+) -> dict[str, Any]:
+    """Escalate the session; returns the customer message's payload.
+
+    turn: the customer message being answered (0 for the "Talk to a human" button); its status
+    becomes ``inbox``. on_committed(record, state, sla_due) runs after the commit and before any
+    event goes out. Raises what asyncpg raises (nothing committed, nothing emitted).
+    """
+    due = now() + timedelta(minutes=cfg.sla_minutes or default_sla_minutes)
+    ids: dict[str, UUID] = {}
+
+    async def writes(conn: Conn) -> None:
+        await sess_db.update_session(
+            conn, record.tenant_id, record.session_id, status="human_escalated",
+            escalation_reason=esc.reason, escalation_question=esc.question, escalated_at=now(),
+            state=state.dump(),
+        )
+        ids["escalation"] = await esc_db.insert_escalation(
+            conn, record.tenant_id, record.session_id, esc.reason, esc.signal, esc.question,
+            esc.priority,
+        )
+        await esc_db.record_event(conn, record.tenant_id, record.session_id, "escalation", {
+            "escalation_id": str(ids["escalation"]), "reason": esc.reason, "signal": esc.signal,
+            "question": esc.question, "priority": esc.priority, "detail": esc.detail,
+        })
+        await timer_db.set_timer(conn, record.tenant_id, record.session_id, "sla", due)
+
+    text = cfg.could_not_answer_message if esc.signal == "low_coverage" else cfg.handoff_message
+    stored = await store_message(
+        pool, delivery, record, "system", text, reply_to=turn or None,
+        customer_status="inbox" if turn else None, in_tx=writes, intent="escalation",
+    )
+    on_committed(record.with_(status="human_escalated"), state, due)
+    handoff = {"reason": esc.reason, "signal": esc.signal, "priority": esc.priority}
+    await publish_message(delivery, stored, turn, extra_events=(("handoff", handoff),))
+    await events.notify_inbox(record.tenant_id, "escalation", {
+        "session_id": record.session_id, "escalation_id": ids["escalation"], "reason": esc.reason,
+        "signal": esc.signal, "question": esc.question, "priority": esc.priority,
+    })
+    return stored.payload
+
+
+class SlaTimer:
+    """An asyncio timer calling ``fire()`` at ``due_at`` (errors are logged; the stored timer
+    row stays, so the Timekeeper fires it later)."""
+
+    def __init__(self, fire: Callable[[], Awaitable[Any]]) -> None:
+        self._fire = fire
+        self._task: asyncio.Task[None] | None = None
+        self.due_at: datetime | None = None
+
+    def arm(self, due_at: datetime) -> None:
+        """(Re)arm for ``due_at`` (UTC)."""
+        self.cancel()
+        self.due_at = due_at
+        delay = max(0.0, (due_at - now()).total_seconds())
+
+        async def _run() -> None:
+            await asyncio.sleep(delay)
+            try:
+                await self._fire()
+            except Exception:  # noqa: BLE001 - the Timekeeper retries from the stored row
+                log.exception("SLA timer failed; the Timekeeper will fire it")
+
+        self._task = asyncio.get_running_loop().create_task(_run())
+
+    def cancel(self) -> None:
+        """Disarm (the stored row is the caller's to clear). Called from the timer's own firing,
+        it only forgets the task (cancelling it would cut the firing short)."""
+        if self._task is not None:
+            if self._task is not asyncio.current_task():
+                self._task.cancel()
+            self._task = None
+        self.due_at = None
+
+    @property
+    def armed(self) -> bool:
+        """Whether a timer is pending."""
+        return self._task is not None and not self._task.done()
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait for it (its CancelledError swallowed)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

@@ -1,0 +1,137 @@
+"""The turn pipeline: from a customer message to a decision, with no side effects.
+
+:meth:`TurnPipeline.decide` runs the steps of a turn in order and returns the first that settles
+it: the inbox (a human has the session, or the bot is paused), the media-only note, the policy
+signals (tenant keywords, a request for a human, sentiment, repeated failure, amounts, prompt
+injection), lead capture (ask for an email before a gated topic; take the email; answer the held-
+back question), intent signals matched in embedding space (refund, billing dispute, legal threat,
+wants a human: escalate; off-topic: a polite refusal), then retrieval and the coverage decision
+(answer from the chunks, or escalate as "could not answer"). Every await is followed by an abort
+checkpoint, so a takeover during embedding or search stops the turn before it says anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from runtime.answering.coverage import assess_coverage
+from runtime.answering.intents import IntentClassifier, refusal_text
+from runtime.bot_config import BotConfig
+from runtime.conversation.control import TurnControl
+from runtime.conversation.decisions import (
+    INVALID_EMAIL_REPLY,
+    MEDIA_ONLY_REPLY,
+    Answer,
+    CapturedLead,
+    Escalate,
+    InboundMessage,
+    Outcome,
+    Reply,
+    ToInbox,
+)
+from runtime.conversation.ports import ModelPorts
+from runtime.conversation.state import PendingLead, SessionState
+from runtime.policy.engine import PolicyEngine
+from runtime.policy.leads import check_email_reply, declines_to_share, find_lead_rule
+
+log = logging.getLogger(__name__)
+
+Retrieve = Callable[[str, np.ndarray], Awaitable[list[Any]]]
+ESCALATING_INTENTS = {
+    "refund": "The customer asks for a refund.",
+    "billing_dispute": "The customer disputes a charge.",
+    "legal_threat": "The customer mentions legal action.",
+    "human_request": "The customer asked to talk to a human.",
+}
+
+
+class TurnPipeline:
+    """Decides one turn. models: embeddings (and the intent examples' embeddings); retrieve:
+    ``(question, question_vec) -> chunks`` best first; intents: the shared classifier (its
+    examples are embedded once per process)."""
+
+    def __init__(self, models: ModelPorts, retrieve: Retrieve, intents: IntentClassifier,
+                 policy: PolicyEngine | None = None) -> None:
+        self.models = models
+        self.retrieve = retrieve
+        self.intents = intents
+        self.policy = policy or PolicyEngine()
+
+    async def decide(
+        self, msg: InboundMessage, cfg: BotConfig, state: SessionState, *, status: str,
+        paused: bool, contact_has_email: Callable[[], Awaitable[bool]], ctl: TurnControl,
+    ) -> Outcome:
+        """The decision for ``msg``. status: the session's status now; paused: the tenant's bot
+        is paused or out of credit. Raises Aborted (at a checkpoint) and what the models and
+        Postgres raise."""
+        if status != "ai_handled":
+            return Outcome(ToInbox(f"the session is {status}"), state)
+        if paused:
+            notice = None if state.paused_notice_sent else cfg.paused_message
+            return Outcome(ToInbox("the bot is paused", notice),
+                           state.model_copy(update={"paused_notice_sent": True}))
+        text = msg.text
+        if not text.strip():
+            return Outcome(Reply(MEDIA_ONLY_REPLY, "media_only", "inbox", notify_inbox=True), state)
+
+        decision = self.policy.evaluate(text, cfg.escalation, state.weak_streak)
+        if decision.escalate:
+            return Outcome(Escalate(decision.reason or "policy", decision.signal, text,
+                                    decision.detail), state)
+
+        question, lead, state = await self._lead_capture(text, cfg, state, contact_has_email, ctl)
+        if isinstance(question, Reply):
+            return Outcome(question, state)
+
+        vec = await self.models.embed(question)
+        ctl.checkpoint()
+        await self.intents.prepare()
+        ctl.checkpoint()
+        intent = self.intents.classify(question, vec)
+        if intent is not None and intent.intent in ESCALATING_INTENTS:
+            return Outcome(Escalate(ESCALATING_INTENTS[intent.intent], intent.intent, question,
+                                    {"score": round(float(intent.score), 4),
+                                     "example": intent.example, "via": intent.via},
+                                    intent.priority or "normal"), state, lead)
+        if intent is not None and intent.intent == "off_topic":
+            return Outcome(Reply(refusal_text(cfg.business_name, []), "off_topic"), state, lead)
+
+        chunks = await self.retrieve(question, vec)
+        ctl.checkpoint()
+        coverage = assess_coverage(chunks, min_similarity=cfg.escalation.min_similarity)
+        if not coverage.covered:
+            weak = state.model_copy(update={"weak_streak": state.weak_streak + 1})
+            return Outcome(Escalate("could not answer: " + coverage.reason, "low_coverage",
+                                    question, coverage.detail), weak, lead)
+        streak = state.weak_streak + 1 if coverage.weak else 0
+        return Outcome(Answer(question, vec, chunks, coverage.detail),
+                       state.model_copy(update={"weak_streak": streak}), lead)
+
+    async def _lead_capture(
+        self, text: str, cfg: BotConfig, state: SessionState,
+        contact_has_email: Callable[[], Awaitable[bool]], ctl: TurnControl,
+    ) -> tuple[str | Reply, CapturedLead | None, SessionState]:
+        """(the question to answer, or a Reply that settles the turn; a captured lead; state)."""
+        pending = state.lead
+        if pending is not None:
+            check = check_email_reply(text)
+            cleared = state.model_copy(update={"lead": None})
+            if check.email:
+                return pending.question, CapturedLead(check.email, pending.topic, pending.question), cleared
+            if declines_to_share(text):
+                return pending.question, None, cleared
+            error = check.error or "no email address found"
+            return Reply(INVALID_EMAIL_REPLY.format(error=error), "invalid_email"), None, state
+        found = find_lead_rule(text, cfg.lead_capture)
+        if found is not None:
+            has_email = await contact_has_email()
+            ctl.checkpoint()
+            if not has_email:
+                rule, topic = found
+                held = state.model_copy(update={"lead": PendingLead(question=text, topic=topic)})
+                return Reply(rule.ask_message, "lead_ask"), None, held
+        return text, None, state
