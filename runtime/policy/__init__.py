@@ -38,10 +38,13 @@ from runtime.policy.leads import (
     match_topic,
     normalize_email,
 )
+from runtime.policy.output_guard import HANDOFF_MARKER, OutputGuard
 from runtime.policy.rules import detect_human_request, match_keywords
 from runtime.policy.sentiment import is_negative, sentiment_score
 
 __all__ = [
+    "HANDOFF_MARKER",
+    "OutputGuard",
     "DEFAULT_LEAD_ASK",
     "SIGNAL_AMOUNT",
     "SIGNAL_HUMAN_REQUEST",

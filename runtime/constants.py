@@ -1,0 +1,12 @@
+"""Names shared by the launcher, the Serve app and the actors (one place, so they cannot drift)."""
+
+APP_NAME = "chat"
+"""The Serve application's name."""
+NAMESPACE = "chat"
+"""The Ray namespace of the session actors and the Timekeeper."""
+INGRESS_DEPLOYMENT = "Ingress"
+EMBEDDER_DEPLOYMENT = "Embedder"
+GENERATOR_DEPLOYMENT = "Generator"
+TIMEKEEPER_NAME = "timekeeper"
+SESSION_ACTOR_PREFIX = "session"
+"""Session actors are named ``session:<tenant_id>:<session_id>``."""
