@@ -20,7 +20,7 @@ import ray
 from runtime.constants import NAMESPACE, TIMEKEEPER_NAME
 
 from runtime.config import get_settings
-from runtime.db import kb as kb_db
+from runtime.db import kb_jobs as kb_db
 from runtime.db import messages as msg_db
 from runtime.db import timers as timer_db
 from runtime.db.pool import create_pool

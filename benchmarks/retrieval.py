@@ -73,7 +73,7 @@ async def new_tenant(pool: Any, name: str) -> UUID:
 
 async def bench_ingestion(pool: Any, embedder: Any, max_pages: int) -> dict[str, Any]:
     from ingestion.jobs import IngestSpec, SourceFile, run_job
-    from runtime.db import kb as kb_db
+    from runtime.db import kb_jobs as kb_db
 
     port = free_port()
     server = subprocess.Popen(
@@ -139,7 +139,7 @@ async def load_corpus(pool: Any, tenant: UUID) -> tuple[list[str], np.ndarray, l
 async def fill(pool: Any, tenants: list[UUID], texts: list[str], vecs: np.ndarray, n: int,
                rng: np.random.Generator) -> None:
     """Replace all kb_chunks with ``n`` synthetic chunks spread over ``tenants``."""
-    from runtime.db.kb import ChunkRow  # noqa: F401 - documents the row shape
+    from runtime.db.kb_documents import ChunkRow  # noqa: F401 - documents the row shape
 
     async with pool.acquire() as conn:
         await conn.execute("DELETE FROM kb_documents WHERE tenant_id = ANY($1::uuid[])", tenants)
@@ -183,7 +183,7 @@ async def bench_retrieval(pool: Any, tenants: list[UUID], queries: list[str],
                           qvecs: np.ndarray, n_queries: int, rng: random.Random
                           ) -> dict[str, Any]:
     from runtime.config import get_settings
-    from runtime.db import kb as kb_db
+    from runtime.db import kb_search as kb_db
     from runtime.retrieval import search
 
     settings = get_settings()

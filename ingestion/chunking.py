@@ -23,7 +23,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from runtime.config import Settings, get_settings
-from runtime.db.kb import ChunkRow
+from runtime.db.kb_documents import ChunkRow
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
@@ -184,7 +184,7 @@ class _Unit:
 
 
 class Chunker:
-    """Packs sections into :class:`~runtime.db.kb.ChunkRow` lists (see module docstring).
+    """Packs sections into :class:`~runtime.db.kb_documents.ChunkRow` lists (see module docstring).
 
     max_tokens: word pieces per chunk including its heading line (> 16).
     overlap_tokens: at most this many tokens of trailing sentences repeated (< max_tokens).

@@ -32,7 +32,7 @@ from ingestion.extract import extract_html
 from ingestion.pdf import read_pdf
 from ingestion.store import content_hash, store_document
 from runtime.config import Settings, get_settings
-from runtime.db import kb as kb_db
+from runtime.db import kb_jobs as kb_db
 from runtime.errors import IngestionError
 
 log = logging.getLogger(__name__)

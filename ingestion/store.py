@@ -12,8 +12,8 @@ import asyncpg
 import numpy as np
 
 from runtime.config import get_settings
-from runtime.db import kb as kb_db
-from runtime.db.kb import ChunkRow
+from runtime.db import kb_documents as kb_db
+from runtime.db.kb_documents import ChunkRow
 from runtime.errors import IngestionError
 from runtime.retrieval import embed_texts
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from runtime.config import get_settings
 from runtime.db import Conn
-from runtime.db import kb as kb_db
+from runtime.db import kb_search as kb_db
 from runtime.errors import InvalidInput
 
 

@@ -79,7 +79,7 @@ async def shop(db: Any, embedder: Any) -> dict[str, Any]:
     channel and a lead-capture rule for fleet (business) pricing."""
     from ingestion.jobs import IngestSpec, SourceFile, run_job
     from runtime.db import channels, tenants
-    from runtime.db import kb as kb_db
+    from runtime.db import kb_jobs as kb_db
 
     cfg = BotConfig(business_name="Riverton Bikes", lead_capture=[{"topics": ["fleet"]}])
     async with db.acquire() as conn:

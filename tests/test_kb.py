@@ -500,7 +500,7 @@ async def test_ingest_request_validation(client: httpx.AsyncClient, tenant: Tena
 
 # ---------------------------------------------------------------- storage invariants, CLI
 async def test_failed_replace_leaves_previous_version(db: Any) -> None:
-    from runtime.db import kb as kb_db
+    from runtime.db import kb_documents as kb_db
 
     async with db.acquire() as conn:
         tid = await conn.fetchval("INSERT INTO tenants (name) VALUES ('kb-tx') RETURNING id")
@@ -602,7 +602,7 @@ async def test_running_job_heartbeats_through_a_long_source(app_url: str, db: An
 
     from ingestion.jobs import IngestSpec, run_job
     from runtime.config import get_settings
-    from runtime.db import kb as kb_db
+    from runtime.db import kb_jobs as kb_db
 
     settings = get_settings().model_copy(update={"kb_job_heartbeat_s": 0.3})
     embedder = _SlowEmbedder(serve.get_deployment_handle("Embedder", app_name="chat"), 3.0)

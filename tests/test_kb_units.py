@@ -12,7 +12,7 @@ from ingestion.chunking import Chunker, Section, markdown_sections, pdf_sections
 from ingestion.crawl import normalize_url, same_site
 from ingestion.extract import extract_html, page_links
 from ingestion.pdf import read_pdf
-from runtime.db.kb import or_tsquery_text
+from runtime.db.kb_search import or_tsquery_text
 from runtime.errors import IngestionError
 
 

@@ -19,7 +19,8 @@ from starlette.datastructures import UploadFile
 
 from runtime.api.context import MODEL_HANDLES
 from runtime.api.deps import Ctx, Owner
-from runtime.db import kb as kb_db
+from runtime.db import kb_documents as kb_db
+from runtime.db import kb_jobs
 from runtime.errors import BackendUnavailable, InvalidInput, PayloadTooLarge
 from runtime.retrieval import search as kb_search
 
@@ -261,7 +262,7 @@ async def ingest(request: Request, ctx: Ctx, who: Owner) -> JobOut:
         **body.model_dump(), files=[{"name": f.name, "bytes": len(f.data)} for f in files]
     )
     async with ctx.pool.acquire() as conn:
-        row = await kb_db.create_job(
+        row = await kb_jobs.create_job(
             conn, who.tenant_id, spec.model_dump(mode="json", exclude={"text"})
             | {"text_chars": len(spec.text or "")},
         )
@@ -278,14 +279,14 @@ async def list_jobs(
 ) -> list[JobOut]:
     """The tenant's recent ingestion jobs, newest first."""
     async with ctx.pool.acquire() as conn:
-        return [_job_out(r) for r in await kb_db.list_jobs(conn, who.tenant_id, limit)]
+        return [_job_out(r) for r in await kb_jobs.list_jobs(conn, who.tenant_id, limit)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
 async def get_job(job_id: UUID, ctx: Ctx, who: Owner) -> JobOut:
     """One job (404 for another tenant's)."""
     async with ctx.pool.acquire() as conn:
-        return _job_out(await kb_db.get_job(conn, who.tenant_id, job_id))
+        return _job_out(await kb_jobs.get_job(conn, who.tenant_id, job_id))
 
 
 # ---------------------------------------------------------------- documents
