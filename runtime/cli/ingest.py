@@ -1,6 +1,5 @@
 """``chat-engine ingest``: ingest a website, PDFs or text files into a tenant's knowledge base
-from the command line, with a progress bar. Importing this module registers the command on
-:data:`runtime.cli.app`.
+from the command line, with a progress bar.
 
 The job runs in this process (it is recorded in ``kb_jobs`` like an API job). Embeddings come from
 the running service's ``Embedder`` deployment when ``--embedder serve`` (or ``auto`` and a Ray
@@ -12,27 +11,36 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runtime.cli import APP_NAME, app, console
+from runtime.cli.console import console, fail
 from runtime.config import Settings, load_settings
+from runtime.constants import APP_NAME, EMBEDDER_DEPLOYMENT, NAMESPACE
 from runtime.errors import ChatEngineError, ConfigError
+
+if TYPE_CHECKING:
+    from ingestion.jobs import JobState
+
+EMBEDDER_CHOICES = ("auto", "serve", "local")
+MAX_ERRORS_SHOWN = 50
 
 
 def _embedder(settings: Settings, choice: str) -> tuple[Any, str]:
+    """(embedder, where): the Serve ``Embedder`` handle ("serve") or a model loaded in this
+    process ("local"). Raises ConfigError when ``choice`` is "serve" and no cluster answers."""
     if choice in ("serve", "auto") and settings.ray_address:
         try:
             import ray
             from ray import serve
 
-            ray.init(address=settings.ray_address, namespace=APP_NAME, logging_level=logging.ERROR,
+            ray.init(address=settings.ray_address, namespace=NAMESPACE, logging_level=logging.ERROR,
                      log_to_driver=False)
-            return serve.get_deployment_handle("Embedder", app_name=APP_NAME), "serve"
-        except Exception as exc:  # noqa: BLE001
+            return serve.get_deployment_handle(EMBEDDER_DEPLOYMENT, app_name=APP_NAME), "serve"
+        except Exception as exc:  # noqa: BLE001 - "auto" falls back to the local model
             if choice == "serve":
                 raise ConfigError(
                     f"cannot reach the Embedder at CHAT_ENGINE_RAY_ADDRESS={settings.ray_address}"
@@ -45,12 +53,21 @@ def _embedder(settings: Settings, choice: str) -> tuple[Any, str]:
     return LocalEmbedder(settings), "local"
 
 
+def sources_finished(state: JobState) -> int:
+    """Sources a job has finished with: stored, unchanged, failed, or skipped as a duplicate."""
+    return (state.documents + state.unchanged + len(state.errors)
+            + state.skipped.get("duplicate_content", 0)
+            + state.skipped.get("redirect_duplicate", 0))
+
+
 async def _ingest(
     settings: Settings, dsn: str, tenant_id: UUID, url: str | None, files: list[Path],
     max_pages: int | None, max_depth: int | None, force: bool, embedder: Any,
 ) -> dict[str, Any]:
-    from ingestion.jobs import IngestSpec, JobState, SourceFile, run_job
-    from runtime.db import kb as kb_db
+    """Create the job row and run it here with a progress bar; returns ``{"job_id", **totals}``
+    (:meth:`ingestion.jobs.JobState.as_dict`). Raises NotFound for an unknown tenant."""
+    from ingestion.jobs import IngestSpec, SourceFile, run_job
+    from runtime.db import kb_jobs
     from runtime.db.pool import create_pool
     from runtime.db.tenants import get_tenant
 
@@ -61,7 +78,7 @@ async def _ingest(
     try:
         async with pool.acquire() as conn:
             await get_tenant(conn, tenant_id)
-            job = await kb_db.create_job(conn, tenant_id, spec.model_dump(mode="json"))
+            job = await kb_jobs.create_job(conn, tenant_id, spec.model_dump(mode="json"))
         console.print(f"job {job['id']}")
         with Progress(
             TextColumn("[bold]ingesting[/bold]"), BarColumn(), MofNCompleteColumn(),
@@ -71,28 +88,31 @@ async def _ingest(
                                     info="")
 
             def on_progress(s: JobState) -> None:
-                done = (s.documents + s.unchanged + len(s.errors)
-                        + s.skipped.get("duplicate_content", 0)
-                        + s.skipped.get("redirect_duplicate", 0))
+                done = sources_finished(s)
                 progress.update(bar, total=max(s.discovered, done, 1), completed=done,
                                 info=f"{s.chunks} chunks, {len(s.errors)} errors")
 
             state = await run_job(pool, embedder, job["id"], tenant_id, spec, sources,
                                   settings=settings, on_progress=on_progress)
-            progress.update(bar, total=max(1, s_total(state)), completed=s_total(state))
+            done = sources_finished(state)
+            progress.update(bar, total=max(1, done), completed=done)
         return {"job_id": str(job["id"]), **state.as_dict()}
     finally:
         await pool.close()
 
 
-def s_total(state: Any) -> int:
-    """Sources finished by a job state (for the final progress bar)."""
-    return int(state.documents + state.unchanged + len(state.errors)
-               + state.skipped.get("duplicate_content", 0)
-               + state.skipped.get("redirect_duplicate", 0))
+def _report(result: dict[str, Any]) -> None:
+    console.print(
+        f"{result['status']}: {result['documents']} documents ({result['unchanged']} unchanged), "
+        f"{result['chunks']} chunks, {result['pages_fetched']} pages fetched, "
+        f"{result['error_count']} errors"
+    )
+    for err in result["errors"][:MAX_ERRORS_SHOWN]:
+        console.print(f"  [yellow]{err['source']}[/yellow]: {err['error']}")
+    if result["error_count"] > MAX_ERRORS_SHOWN:
+        console.print(f"  ... and {result['error_count'] - MAX_ERRORS_SHOWN} more")
 
 
-@app.command()
 def ingest(
     tenant: Annotated[str, typer.Option(help="tenant id (uuid)")],
     url: Annotated[str | None, typer.Option(help="website to crawl")] = None,
@@ -112,16 +132,13 @@ def ingest(
 
     files = list(pdf or [])
     if not url and not files:
-        console.print("[red]give --url and/or --pdf[/red]")
-        raise typer.Exit(2)
-    if embedder not in ("auto", "serve", "local"):
-        console.print("[red]--embedder must be auto, serve or local[/red]")
-        raise typer.Exit(2)
+        fail("give --url and/or --pdf")
+    if embedder not in EMBEDDER_CHOICES:
+        fail("--embedder must be auto, serve or local")
     try:
         tenant_id = UUID(tenant)
     except ValueError:
-        console.print(f"[red]--tenant: {tenant!r} is not a tenant id (uuid)[/red]")
-        raise typer.Exit(2) from None
+        fail(f"--tenant: {tenant!r} is not a tenant id (uuid)")
     try:
         settings = load_settings()
         with running_services(settings, redis=False) as services:
@@ -133,17 +150,7 @@ def ingest(
                 force, handle,
             ))
     except ChatEngineError as exc:
-        console.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(2) from None
-    console.print(
-        f"{result['status']}: {result['documents']} documents ({result['unchanged']} unchanged), "
-        f"{result['chunks']} chunks, {result['pages_fetched']} pages fetched, "
-        f"{result['error_count']} errors"
-    )
-    for err in result["errors"][:50]:
-        console.print(f"  [yellow]{err['source']}[/yellow]: {err['error']}")
-    if result["error_count"] > 50:
-        console.print(f"  ... and {result['error_count'] - 50} more")
-    status: Literal["completed", "failed"] = result["status"]
-    if status == "failed":
+        fail(exc.message)
+    _report(result)
+    if result["status"] == "failed":
         raise typer.Exit(1)
