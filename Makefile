@@ -26,9 +26,11 @@ run: install
 system-deps:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
+# lint-imports: import direction and no import circles (pyproject.toml [tool.importlinter]).
 lint: install
 	$(VENV)/bin/ruff check runtime actors ingestion serve_app.py tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 pytest: install system-deps
 	$(PY) -m pytest -x -q
