@@ -6,6 +6,7 @@
 - :class:`HoldBack`: the one hold-back stream matcher: fed a token stream, it releases text that
   can no longer be the start of one of its needles, holds back a possible start, and reports a
   complete needle (stop strings, a secret that must not be written).
+- :func:`fold_homoglyphs`: Cyrillic/Greek look-alike letters mapped to Latin ones.
 """
 
 from __future__ import annotations
@@ -19,6 +20,22 @@ _INVISIBLE = re.compile(
     r"\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]"
 )
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u201c": '"', "\u201d": '"'})
+# Cyrillic/Greek letters that look like Latin ones, mapped to the Latin letter (lower case: apply
+# after case-folding).
+_HOMOGLYPHS = str.maketrans(
+    {
+        "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o",
+        "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j",
+        "ѕ": "s", "ԁ": "d", "ɡ": "g", "ո": "n", "α": "a", "β": "b", "ε": "e", "ι": "i",
+        "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ı": "i",
+    }
+)  # fmt: skip
+
+
+def fold_homoglyphs(text: str) -> str:
+    """``text`` with lower-case Cyrillic/Greek look-alikes of Latin letters replaced by the Latin
+    letter ("раypal" -> "paypal"); apply after :func:`normalize` (it case-folds)."""
+    return text.translate(_HOMOGLYPHS)
 
 
 def strip_invisible(text: str) -> str:
@@ -28,10 +45,16 @@ def strip_invisible(text: str) -> str:
 
 def normalize(text: str) -> str:
     """The comparison form of ``text`` (see the module doc). Pure; never raises."""
-    text = unicodedata.normalize("NFKC", strip_invisible(text)).casefold()
+    text = strip_marks(unicodedata.normalize("NFKC", strip_invisible(text)).casefold())
+    return " ".join(text.translate(_QUOTES).split())
+
+
+def strip_marks(text: str) -> str:
+    """``text`` without combining marks (accents, zalgo, kana voicing marks), recomposed (NFC):
+    "é" -> "e", "й" -> "и", "プ" -> "フ". Part of :func:`normalize`; also applied to patterns that
+    are matched against normalised text, so they are written as a reader writes them."""
     text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
-    text = unicodedata.normalize("NFC", text).translate(_QUOTES)
-    return " ".join(text.split())
+    return unicodedata.normalize("NFC", text)
 
 
 class HoldBack:

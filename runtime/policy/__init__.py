@@ -3,11 +3,14 @@
 Pure logic with no I/O and no imports from ``runtime.api``, ``actors``, ``runtime.db`` or
 ``runtime.models``; the session actor calls it before generation (``PolicyEngine.evaluate``),
 while building the prompt (``fence_untrusted``, ``make_canary``) and on the output stream
-(``CanaryFilter``).
+(``OutputGuard``, which runs ``CanaryFilter``). Prompt-injection defences live in three modules:
+``detection`` (rules as data in ``injection_rules.toml``), ``fencing`` and ``canary``.
 """
 
 from runtime.policy.amounts import Amount, amount_over, extract_amounts, parse_number
+from runtime.policy.canary import CanaryFilter, make_canary
 from runtime.policy.config import DEFAULT_LEAD_ASK, EscalationRules, Guardrails, LeadCaptureRule
+from runtime.policy.detection import InjectionHit, InjectionRule, detect_injection, is_injection
 from runtime.policy.engine import (
     SIGNAL_AMOUNT,
     SIGNAL_HUMAN_REQUEST,
@@ -19,16 +22,7 @@ from runtime.policy.engine import (
     PolicyDecision,
     PolicyEngine,
 )
-from runtime.policy.injection import (
-    UNTRUSTED_NOTICE,
-    CanaryFilter,
-    InjectionHit,
-    detect_injection,
-    fence_untrusted,
-    is_injection,
-    make_canary,
-    neutralise_markers,
-)
+from runtime.policy.fencing import UNTRUSTED_NOTICE, fence_untrusted, neutralise_markers
 from runtime.policy.leads import (
     EmailCheck,
     check_email_reply,
@@ -60,6 +54,7 @@ __all__ = [
     "EscalationRules",
     "Guardrails",
     "InjectionHit",
+    "InjectionRule",
     "LeadCaptureRule",
     "PolicyDecision",
     "PolicyEngine",
