@@ -21,10 +21,10 @@ from typing import Any
 from uuid import UUID
 
 import ray
-from runtime.answering.intents import IntentClassifier
-from runtime.constants import APP_NAME, EMBEDDER_DEPLOYMENT, GENERATOR_DEPLOYMENT, NAMESPACE
 
+from runtime.answering.intents import IntentClassifier
 from runtime.config import get_settings
+from runtime.constants import APP_NAME, EMBEDDER_DEPLOYMENT, GENERATOR_DEPLOYMENT, NAMESPACE
 from runtime.conversation.conversation import Conversation
 from runtime.conversation.ports import ServeModels
 

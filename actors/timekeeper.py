@@ -17,9 +17,9 @@ import time
 from typing import Any
 
 import ray
-from runtime.constants import NAMESPACE, TIMEKEEPER_NAME
 
 from runtime.config import get_settings
+from runtime.constants import NAMESPACE, TIMEKEEPER_NAME
 from runtime.db import kb_jobs as kb_db
 from runtime.db import messages as msg_db
 from runtime.db import timers as timer_db

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     )
     llm_n_ctx: int = Field(default=4096, ge=512)
     llm_threads: int = Field(default=2, ge=1)
-    llm_max_tokens: int = Field(default=256, ge=1)
+    llm_max_tokens: int = Field(default=120, ge=1, description="answer budget (tokens)")
     llm_temperature: float = Field(default=0.2, ge=0)
     llm_max_concurrency: int = Field(
         default=1, ge=1, description="generations a llama.cpp replica runs at once"
@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         default=16, ge=0, description="fixed prompt prefixes whose KV cache llama.cpp keeps"
     )
 
+    generator_capable: bool | None = Field(
+        default=None,
+        description="the operator's generator writes grounded answers well enough for the auto "
+        "strategy to use it; unset: true when the first backend is vllm or hosted",
+    )
     generator_backends: list[GeneratorBackendName] = Field(
         default_factory=lambda: list[GeneratorBackendName](["llamacpp", "hosted"]),
         description="fallback order, JSON list in the env var",

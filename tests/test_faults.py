@@ -140,9 +140,8 @@ async def test_timekeeper_started_with_postgres_down_fires_the_sla_once_back(
 ) -> None:
     """Broken: Postgres is unreachable when the Timekeeper starts. Must hold: it keeps polling,
     and once Postgres is back it fires a passivated session's due SLA."""
-    from runtime.constants import NAMESPACE, TIMEKEEPER_NAME
-
     from actors.timekeeper import ensure_timekeeper
+    from runtime.constants import NAMESPACE, TIMEKEEPER_NAME
 
     tenant = await make_tenant(client, "tk-down")
     await client.patch("/v1/bot-config", headers=tenant.headers,

@@ -21,7 +21,7 @@ import typer
 from runtime.cli.console import console, fail
 from runtime.cli.dev_secrets import prepare_settings
 from runtime.config import Settings
-from runtime.constants import APP_NAME, NAMESPACE
+from runtime.constants import APP_NAME, GENERATOR_DEPLOYMENT, NAMESPACE
 from runtime.errors import ChatEngineError
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -81,6 +81,21 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
+def answer_strategy_line(settings: Settings) -> str:
+    """How ``auto`` resolves on the deployed Generator (asked through Serve), for the banner."""
+    from ray import serve
+
+    from runtime.bot_config import BotConfig
+    from runtime.models.capability import describe
+
+    handle = serve.get_deployment_handle(GENERATOR_DEPLOYMENT, app_name=APP_NAME)
+    try:
+        info = handle.info.remote().result(timeout_s=60)
+    except Exception as exc:  # noqa: BLE001 - the banner must not stop the service
+        return f"unknown (Generator.info failed: {exc})"
+    return describe(BotConfig().answer_strategy, bool(info.get("capable")), info.get("primary"))
+
+
 def up(
     port: Annotated[int | None, typer.Option(help="HTTP port (default CHAT_ENGINE_PORT)")] = None,
     models: Annotated[bool, typer.Option(help="deploy the Embedder and Generator")] = True,
@@ -119,6 +134,8 @@ def up(
         assert settings.admin_token is not None
         note = " (generated now, kept in the data dir)" if generated else ""
         console.print(f"  admin token{note}: {settings.admin_token.get_secret_value()}")
+        if models:
+            console.print(f"  answers  : {answer_strategy_line(settings)}")
         if demo and models:
             info = asyncio.run(ensure_demo(settings, services.database_url, base, site, pdf))
             if info:

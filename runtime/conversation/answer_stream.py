@@ -105,6 +105,10 @@ class AnswerStream:
             self.result.repeated = True
             return False
         self._seen.add(key)
+        if self.guard.repeats_system_text(sentence):
+            # The model echoing its instructions is scaffolding, not an answer.
+            self.result.removed += 1
+            return True
         if self.checker is not None:
             verdict = await self.checker.check_sentence(sentence)
             self.ctl.checkpoint()

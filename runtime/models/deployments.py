@@ -127,6 +127,15 @@ class Generator:
         async for item in self._router.generate(req):
             yield item
 
+    async def info(self) -> dict[str, Any]:
+        """``{"backends": [names in fallback order], "primary": name, "capable": bool,
+        "unavailable": {name: why}}``; capable: see :func:`runtime.models.capability.is_capable`."""
+        from runtime.models.capability import is_capable
+
+        names = [b.name for b in self._router.backends]
+        return {"backends": names, "primary": names[0] if names else None,
+                "capable": is_capable(self._settings, names), "unavailable": self._router.unavailable}
+
     async def context_window(self) -> int:
         """Tokens a prompt plus its completion may use (smallest over the backends)."""
         return self._router.context_window()

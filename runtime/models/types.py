@@ -33,6 +33,7 @@ class GenerationRequest(BaseModel):
     grammar: optional GBNF grammar constraining the output (llama.cpp; vLLM; hosted only where the
       endpoint accepts a llama.cpp-style ``grammar`` field).
     stop: stop strings; the matched string is not emitted.
+    repetition_penalty: > 1.0 discourages repeating tokens (answers that loop); None: off.
     request_id: unique id used for cancellation/abort and for ``Generator.request_info``.
     prefix_messages: how many leading messages form the fixed, cacheable prefix (e.g. a tenant's
       system prompt); the llama.cpp backend keeps the KV cache of that prefix for later requests.
@@ -43,6 +44,11 @@ class GenerationRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0)
     grammar: str | None = None
     stop: list[str] = Field(default_factory=list)
+    repetition_penalty: float | None = Field(
+        default=None, ge=1.0, le=2.0,
+        description="penalise repeated tokens (1.0: off; llama.cpp repeat_penalty, vLLM "
+        "repetition_penalty, hosted: mapped to frequency_penalty)",
+    )
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     prefix_messages: int = Field(default=1, ge=0)
 

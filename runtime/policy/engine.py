@@ -12,7 +12,7 @@ from typing import Any
 
 from runtime.policy.amounts import amount_over
 from runtime.policy.config import EscalationRules
-from runtime.policy.injection import detect_injection
+from runtime.policy.detection import detect_injection
 from runtime.policy.rules import detect_human_request, match_keywords
 from runtime.policy.sentiment import is_negative
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import regex
 
-from runtime.policy.injection import CanaryFilter
+from runtime.policy.canary import CanaryFilter
 from runtime.text import HoldBack, normalize
 
 HANDOFF_MARKER = "[HUMAN_HANDOFF]"

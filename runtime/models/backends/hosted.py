@@ -101,8 +101,15 @@ class HostedBackend(Backend):
         }
         if request.stop:
             kwargs["stop"] = request.stop[:4]
+        extra: dict[str, Any] = {}
+        if request.repetition_penalty:
+            # OpenAI's API knows frequency_penalty (-2..2); llama.cpp's server also repeat_penalty.
+            kwargs["frequency_penalty"] = round(min(2.0, (request.repetition_penalty - 1.0) * 2), 2)
+            extra["repeat_penalty"] = request.repetition_penalty
         if request.grammar:
-            kwargs["extra_body"] = {"grammar": request.grammar}
+            extra["grammar"] = request.grammar
+        if extra:
+            kwargs["extra_body"] = extra
         self._waiting += 1
         try:
             await self._sem.acquire()

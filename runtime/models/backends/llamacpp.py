@@ -191,6 +191,7 @@ class LlamaCppBackend(Backend):
             grammar=self._grammar(request.grammar),
             stops=list(request.stop),
             t_accept=t_accept,
+            repeat_penalty=request.repetition_penalty or 1.0,
         )
         if self._pool is None:
             self._pool = asyncio.Queue()

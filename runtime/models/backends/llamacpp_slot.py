@@ -87,6 +87,7 @@ class Job:
     grammar: LlamaGrammar | None
     stops: list[str]
     t_accept: float
+    repeat_penalty: float = 1.0
     stop: threading.Event = field(default_factory=threading.Event)
     t_stop: float | None = None
 
@@ -205,7 +206,7 @@ def decode(
         top_k=40,
         top_p=0.95,
         min_p=0.05,
-        repeat_penalty=1.0,
+        repeat_penalty=job.repeat_penalty,
         reset=True,
         grammar=job.grammar,
     )

@@ -48,6 +48,8 @@ def _sampling_params(request: GenerationRequest, max_tokens: int, temperature: f
         "temperature": temperature,
         "stop": list(request.stop) or None,
     }
+    if request.repetition_penalty:
+        kwargs["repetition_penalty"] = request.repetition_penalty
     if request.grammar:
         try:  # vLLM >= 0.10.2
             from vllm.sampling_params import StructuredOutputsParams

@@ -1,0 +1,212 @@
+"""Extractive answers: the source's own sentences, quoted with where they come from.
+
+:func:`extract_answer` splits the top retrieved chunks into sentences (:mod:`.sentences`),
+drops what cannot answer anything on its own (headings, questions, table rows, navigation such as
+"See Download your invoices.", fragments under four words or starting mid-sentence), embeds the
+rest in ONE ``embed_many`` call and scores each sentence::
+
+    score = cos(question, sentence) + CHUNK_WEIGHT * chunk.similarity
+
+The best sentence is then widened, inside its own chunk only, by adjacent sentences that score
+within :data:`NEIGHBOUR_MARGIN` of it or continue the list it is part of, up to
+``max_sentences``: one coherent passage rather than a patchwork of chunks. Nothing is
+paraphrased, so nothing can be invented. When the best sentence's own cosine is under
+:data:`MIN_SENTENCE_SIMILARITY`, the answer is None (the caller's could-not-answer path).
+
+Calibration (MiniLM, fixture help site + billing PDF, chunks retrieved by cosine, top 5):
+see tests/test_answering.py; the figures are in the report of the change that added this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from runtime.answering.sentences import Sentence, segment
+from runtime.text import normalize
+
+EmbedMany = Callable[[Sequence[str]], Awaitable[np.ndarray]]
+
+CHUNKS_CONSIDERED = 5
+CHUNK_WEIGHT = 0.25
+MIN_SENTENCE_SIMILARITY = 0.35
+NEIGHBOUR_MARGIN = 0.10
+MAX_QUOTE_CHARS = 480
+MIN_WORDS = 4
+
+# A sentence that only points elsewhere answers nothing by itself.
+_NAVIGATION = re.compile(
+    r"^(?:see|read|learn|find out|check out|more on|more about|here'?s how|click here|"
+    r"have a (?:\w+ )?question|contact us\b|questions\?|not sure)\b",
+    re.IGNORECASE,
+)
+
+
+class ChunkLike(Protocol):
+    """What extraction reads of a retrieved chunk (``runtime.retrieval.RetrievedChunk``)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def section(self) -> str: ...
+    @property
+    def page(self) -> int | None: ...
+    @property
+    def similarity(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Quote:
+    """One quoted sentence, the chunk it comes from and its score (cosine to the question plus
+    ``CHUNK_WEIGHT`` x the chunk's retrieval similarity)."""
+
+    sentence: str
+    chunk: ChunkLike
+    score: float
+
+
+@dataclass(frozen=True)
+class ExtractiveAnswer:
+    """``text``: what the customer reads (plain text: the quoted sentences, a blank line, then
+    ``Source: <title> (<url> | <file>, page N)``); ``quotes``: the sentences, in source order;
+    ``sources``: the chunks quoted (for the message's ``sources[]``); ``score``: the best
+    sentence's score; ``similarity``: its cosine to the question."""
+
+    text: str
+    quotes: list[Quote]
+    sources: list[ChunkLike]
+    score: float
+    similarity: float
+
+
+def citation(chunk: ChunkLike) -> str:
+    """Where a chunk comes from, for a customer: ``Title (https://...)`` for a web page,
+    ``Title (billing-guide.pdf, page 4)`` for a PDF page, the title alone for a Q&A entry or
+    pasted text (``qa:``/``text:`` sources have no address a customer can open)."""
+    title = " ".join((chunk.title or "").split())
+    source = chunk.source or ""
+    if source.startswith(("qa:", "text:")):
+        return title
+    where = source if source.startswith(("http://", "https://")) else source.rsplit("/", 1)[-1]
+    if chunk.page:
+        where = f"{where}, page {chunk.page}"
+    return f"{title} ({where})" if title and title != where else where
+
+
+def chunk_sentences(chunk: ChunkLike) -> list[Sentence]:
+    """The chunk's sentences without its heading line (chunking puts the section path first).
+
+    A PDF heading that is really the first line of a wrapped sentence ("If the spike is
+    temporary, you can upgrade ... when traffic" / "drops. Downgrades ...") is joined back."""
+    text = chunk.text
+    first, _, body = text.partition("\n")
+    section = " ".join((chunk.section or "").split())
+    if section and " ".join(first.split()) == section:
+        heading = section.rsplit(" > ", 1)[-1]
+        lead = body.lstrip()
+        if lead[:1].islower() and not heading.endswith((".", "?", "!", ":")):
+            body = f"{heading} {lead}"
+        text = body
+    return segment(text)
+
+
+def _answers_something(s: Sentence) -> bool:
+    text = s.text
+    if s.kind in ("heading", "table_row") or text.endswith(("?", ":")):
+        return False
+    if len(text.split()) < (3 if s.kind == "list_item" else MIN_WORDS):
+        return False
+    return not (text[:1].islower() or _NAVIGATION.match(text))
+
+
+def _format(quoted: list[Sentence], chunk: ChunkLike) -> str:
+    lines: list[str] = []
+    prev: Sentence | None = None
+    for s in quoted:
+        if s.kind == "list_item":
+            if prev is not None and prev.kind == "list_item" and prev.block == s.block:
+                lines[-1] = f"{lines[-1]} {s.text}"
+            else:
+                lines.append(f"- {s.text}")
+        elif lines and prev is not None and prev.kind != "list_item":
+            lines[-1] = f"{lines[-1]} {s.text}"
+        else:
+            lines.append(s.text)
+        prev = s
+    where = citation(chunk)
+    return "\n".join(lines) + (f"\n\nSource: {where}" if where else "")
+
+
+async def extract_answer(
+    question: str, question_vec: np.ndarray, chunks: Sequence[ChunkLike], embed_many: EmbedMany,
+    *, max_sentences: int = 3,
+) -> ExtractiveAnswer | None:
+    """The 1-``max_sentences`` sentences of the top chunks that best answer ``question``.
+
+    question_vec: float32 (dim,), L2-normalised (the question's embedding, already computed for
+    retrieval); chunks: retrieved chunks, best first (only the first :data:`CHUNKS_CONSIDERED`
+    are read); embed_many: texts -> float32 (n, dim) L2-normalised rows, called once (not at all
+    when no chunk has a usable sentence). Returns None when no sentence's cosine to the question
+    reaches :data:`MIN_SENTENCE_SIMILARITY`. Raises what ``embed_many`` raises.
+    """
+    if max_sentences < 1:
+        raise ValueError("max_sentences must be >= 1")
+    per_chunk: list[list[Sentence]] = []
+    candidates: list[tuple[int, int]] = []  # (chunk no, sentence index)
+    seen: set[str] = set()
+    for ci, chunk in enumerate(chunks[:CHUNKS_CONSIDERED]):
+        sentences = chunk_sentences(chunk)
+        per_chunk.append(sentences)
+        for s in sentences:
+            key = normalize(s.text)
+            # Overlapping chunks repeat sentences: score each once, in its best-ranked chunk.
+            if _answers_something(s) and key not in seen:
+                seen.add(key)
+                candidates.append((ci, s.index))
+    if not candidates:
+        return None
+    vecs = np.asarray(await embed_many([per_chunk[ci][si].text for ci, si in candidates]),
+                      dtype=np.float32)
+    cosines = vecs @ np.asarray(question_vec, dtype=np.float32).reshape(-1)
+    cos = {key: float(c) for key, c in zip(candidates, cosines, strict=True)}
+    score = {(ci, si): c + CHUNK_WEIGHT * float(chunks[ci].similarity) for (ci, si), c in cos.items()}
+    best = max(score, key=lambda k: score[k])
+    if cos[best] < MIN_SENTENCE_SIMILARITY:
+        return None
+    ci, bi = best
+    sentences = per_chunk[ci]
+    picked = [bi]
+    size = len(sentences[bi].text)
+
+    def joins(j: int, toward: int) -> bool:
+        if not 0 <= j < len(sentences) or (ci, j) not in score:
+            return False
+        if size + len(sentences[j].text) > MAX_QUOTE_CHARS:
+            return False
+        near = sentences[toward]
+        same_list = sentences[j].kind == near.kind == "list_item"
+        return same_list or score[(ci, j)] >= score[best] - NEIGHBOUR_MARGIN
+
+    while len(picked) < max_sentences:
+        after, before = picked[-1] + 1, picked[0] - 1
+        options = [(score.get((ci, j), -1.0), j, t) for j, t in ((after, picked[-1]), (before, picked[0]))
+                   if joins(j, t)]
+        if not options:
+            break
+        _, j, _ = max(options)
+        picked = sorted([*picked, j])
+        size += len(sentences[j].text)
+    quoted = [sentences[i] for i in picked]
+    quotes = [Quote(s.text, chunks[ci], score[(ci, s.index)]) for s in quoted]
+    return ExtractiveAnswer(
+        text=_format(quoted, chunks[ci]), quotes=quotes, sources=[chunks[ci]],
+        score=score[best], similarity=cos[best],
+    )
