@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     # --- conversation limits and timers ---
     max_message_chars: int = Field(default=4000, ge=1)
     history_turns: int = Field(default=6, ge=0)
-    retrieval_k: int = Field(default=4, ge=1, le=50)
+    retrieval_k: int = Field(default=8, ge=1, le=50)
     prompt_source_tokens: int = Field(
         default=220, ge=50, description="prompt budget for retrieved sources (CPU first-token time)"
     )

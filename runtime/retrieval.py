@@ -43,6 +43,7 @@ class RetrievedChunk:
     similarity: cosine similarity of the chunk's embedding to the query's, in [-1, 1] (about
       0.1-0.3 for unrelated text, 0.5+ for a passage that answers the question, with MiniLM).
     text_rank: the full-text leg's ``ts_rank`` (>= 0), or None when that leg did not return it.
+    text_all: the chunk holds every word of the query (the full-text leg's first group).
     rrf_score: the fused score, ``sum(1 / (rrf_k + rank))`` over the legs that returned it.
     page: 1-based PDF page, None for other sources. source: URL, file name or ``qa:<hash>``.
     """
@@ -57,6 +58,7 @@ class RetrievedChunk:
     similarity: float
     text_rank: float | None
     rrf_score: float
+    text_all: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (document_id as a string)."""
@@ -141,7 +143,7 @@ async def search(
             source=r["source"], title=r["title"], section=r["section"], page=r["page"],
             similarity=float(r["similarity"]),
             text_rank=None if r["text_rank"] is None else float(r["text_rank"]),
-            rrf_score=float(r["rrf_score"]),
+            rrf_score=float(r["rrf_score"]), text_all=bool(r["text_all"]),
         )
         for r in rows
     ]

@@ -66,7 +66,7 @@ def test_escalation_rules_defaults_and_cleaning() -> None:
     assert rules.max_low_coverage_turns == 2
     assert rules.amount_threshold is None
     assert rules.injection is True
-    assert rules.min_similarity == 0.25
+    assert rules.min_similarity == 0.40
     assert EscalationRules(negative_sentiment_threshold=None).negative_sentiment_threshold is None
 
 

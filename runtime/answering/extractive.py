@@ -6,15 +6,23 @@ drops what cannot answer anything on its own (headings, questions, table rows, n
 rest in ONE ``embed_many`` call and scores each sentence::
 
     score = cos(question, sentence) + CHUNK_WEIGHT * chunk.similarity
+            + LEXICAL_WEIGHT * share of the question's content words the sentence holds
+
+MiniLM alone ranks a topical sentence over the one that answers ("You can pay by card, PayPal..."
+over "We're not able to accept wire transfers"), so the question's own words count too. A
+sentence right after an FAQ question of the source ("How do I update my payment method?")
+scores at least as that question matches the customer's, and the answer continues with the
+sentences up to the next question.
 
 The best sentence is then widened, inside its own chunk only, by adjacent sentences that score
-within :data:`NEIGHBOUR_MARGIN` of it or continue the list it is part of, up to
-``max_sentences``: one coherent passage rather than a patchwork of chunks. Nothing is
-paraphrased, so nothing can be invented. When the best sentence's own cosine is under
-:data:`MIN_SENTENCE_SIMILARITY`, the answer is None (the caller's could-not-answer path).
+within :data:`NEIGHBOUR_MARGIN` of it, continue the list it is part of or the FAQ answer it
+starts, up to ``max_sentences``: one coherent passage rather than a patchwork of chunks. Nothing
+is paraphrased, so nothing can be invented. When the best sentence's own cosine (or its FAQ
+question's) is under :data:`MIN_SENTENCE_SIMILARITY`, the answer is None (the caller's
+could-not-answer path).
 
-Calibration (MiniLM, fixture help site + billing PDF, chunks retrieved by cosine, top 5):
-see tests/test_answering.py; the figures are in the report of the change that added this module.
+Calibration: benchmarks/answers.py over the fixture help site and billing PDF (MiniLM, chunks
+from hybrid retrieval, top 8); figures in README.md.
 """
 
 from __future__ import annotations
@@ -31,19 +39,50 @@ from runtime.text import normalize
 
 EmbedMany = Callable[[Sequence[str]], Awaitable[np.ndarray]]
 
-CHUNKS_CONSIDERED = 5
+CHUNKS_CONSIDERED = 6
 CHUNK_WEIGHT = 0.25
+LEXICAL_WEIGHT = 0.25
+# An FAQ question in the source this close to the customer's makes its answer the candidate.
+FAQ_MIN_SIMILARITY = 0.5
 MIN_SENTENCE_SIMILARITY = 0.35
-NEIGHBOUR_MARGIN = 0.10
+NEIGHBOUR_MARGIN = 0.15
 MAX_QUOTE_CHARS = 480
 MIN_WORDS = 4
+HEADING_MAX_WORDS = 9
+_TERMINAL = (".", "!", ")", '"', "”", "'")
 
 # A sentence that only points elsewhere answers nothing by itself.
 _NAVIGATION = re.compile(
     r"^(?:see|read|learn|find out|check out|more on|more about|here'?s how|click here|"
-    r"have a (?:\w+ )?question|contact us\b|questions\?|not sure)\b",
+    r"have a (?:\w+ )?question|contact us\b|questions\?|not sure|"
+    r"(?:the rest of )?this (?:article|guide|page|section|document|tutorial) "
+    r"(?:is|will|covers|explains|shows))\b",
     re.IGNORECASE,
 )
+
+
+_WORD = re.compile(r"[a-z0-9][a-z0-9%$.,'-]*[a-z0-9%]|[a-z0-9]")
+_STOPWORDS = frozenset("""
+a an the and or but if then so to of in on at by for from with without into onto over under
+about as is are was were be been being am do does did done doing have has had having can could
+will would shall should may might must i me my mine we us our you your yours he she it its they
+them their this that these those there here what which who whom whose when where why how
+not no yes any all some each every much many more most other such own same than too very just
+also only get got getting please tell know want need like let lets one ever still
+""".split())
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words of ``text`` that carry meaning (no stop words), cut to a 5-letter stem so
+    "transfers" matches "transfer" and "deleted" matches "delete"."""
+    return {w[:5] for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 1}
+
+
+def lexical_overlap(question_words: set[str], sentence: str) -> float:
+    """Share in [0, 1] of ``question_words`` (:func:`content_words`) that ``sentence`` holds."""
+    if not question_words:
+        return 0.0
+    return len(question_words & content_words(sentence)) / len(question_words)
 
 
 class ChunkLike(Protocol):
@@ -122,9 +161,18 @@ def _answers_something(s: Sentence) -> bool:
     text = s.text
     if s.kind in ("heading", "table_row") or text.endswith(("?", ":")):
         return False
-    if len(text.split()) < (3 if s.kind == "list_item" else MIN_WORDS):
+    words = len(text.split())
+    if words < (3 if s.kind == "list_item" else MIN_WORDS):
+        return False
+    if s.kind == "sentence" and words <= HEADING_MAX_WORDS and not text.endswith(_TERMINAL):
+        # A short line without an ending stop is a heading PDF text kept as prose
+        # ("Discount for nonprofits and educational institutions").
         return False
     return not (text[:1].islower() or _NAVIGATION.match(text))
+
+
+def _is_faq_question(s: Sentence) -> bool:
+    return s.kind in ("sentence", "heading") and s.text.endswith("?") and len(s.text.split()) >= 3
 
 
 def _format(quoted: list[Sentence], chunk: ChunkLike) -> str:
@@ -161,23 +209,50 @@ async def extract_answer(
         raise ValueError("max_sentences must be >= 1")
     per_chunk: list[list[Sentence]] = []
     candidates: list[tuple[int, int]] = []  # (chunk no, sentence index)
+    # FAQ questions: (chunk no, sentence index); index -1 is the chunk's heading when the
+    # heading is the question (PDF chunking makes "How do I update my payment method?" one).
+    faq: list[tuple[int, int]] = []
+    faq_text: dict[tuple[int, int], str] = {}
     seen: set[str] = set()
     for ci, chunk in enumerate(chunks[:CHUNKS_CONSIDERED]):
         sentences = chunk_sentences(chunk)
         per_chunk.append(sentences)
+        heading = (chunk.section or "").rsplit(" > ", 1)[-1].strip()
+        if heading.endswith("?") and len(heading.split()) >= 3 and sentences:
+            faq.append((ci, -1))
+            faq_text[(ci, -1)] = heading
         for s in sentences:
             key = normalize(s.text)
             # Overlapping chunks repeat sentences: score each once, in its best-ranked chunk.
-            if _answers_something(s) and key not in seen:
-                seen.add(key)
+            if key in seen:
+                continue
+            seen.add(key)
+            if _answers_something(s):
                 candidates.append((ci, s.index))
+            elif _is_faq_question(s) and s.index + 1 < len(sentences):
+                faq.append((ci, s.index))
+                faq_text[(ci, s.index)] = s.text
     if not candidates:
         return None
-    vecs = np.asarray(await embed_many([per_chunk[ci][si].text for ci, si in candidates]),
-                      dtype=np.float32)
+    texts = [per_chunk[ci][si].text for ci, si in candidates] + [faq_text[k] for k in faq]
+    vecs = np.asarray(await embed_many(texts), dtype=np.float32)
     cosines = vecs @ np.asarray(question_vec, dtype=np.float32).reshape(-1)
-    cos = {key: float(c) for key, c in zip(candidates, cosines, strict=True)}
-    score = {(ci, si): c + CHUNK_WEIGHT * float(chunks[ci].similarity) for (ci, si), c in cos.items()}
+    cos = {key: float(c) for key, c in zip(candidates + faq, cosines, strict=True)}
+    words = content_words(question)
+    score = {(ci, si): cos[(ci, si)] + CHUNK_WEIGHT * float(chunks[ci].similarity)
+             + LEXICAL_WEIGHT * lexical_overlap(words, per_chunk[ci][si].text)
+             for ci, si in candidates}
+    # The sentence after a matching FAQ question answers it: it ranks as the question matches.
+    answers_faq: dict[tuple[int, int], tuple[int, int]] = {}
+    for ci, qi in faq:
+        if cos[(ci, qi)] < FAQ_MIN_SIMILARITY or (ci, qi + 1) not in score:
+            continue
+        as_faq = (cos[(ci, qi)] + CHUNK_WEIGHT * float(chunks[ci].similarity)
+                  + LEXICAL_WEIGHT * lexical_overlap(words, faq_text[(ci, qi)]))
+        if as_faq > score[(ci, qi + 1)]:
+            score[(ci, qi + 1)] = as_faq
+            cos[(ci, qi + 1)] = max(cos[(ci, qi + 1)], cos[(ci, qi)])
+            answers_faq[(ci, qi + 1)] = (ci, qi)
     best = max(score, key=lambda k: score[k])
     if cos[best] < MIN_SENTENCE_SIMILARITY:
         return None
@@ -185,12 +260,16 @@ async def extract_answer(
     sentences = per_chunk[ci]
     picked = [bi]
     size = len(sentences[bi].text)
+    faq_answer = best in answers_faq
 
     def joins(j: int, toward: int) -> bool:
         if not 0 <= j < len(sentences) or (ci, j) not in score:
             return False
         if size + len(sentences[j].text) > MAX_QUOTE_CHARS:
             return False
+        if faq_answer:
+            # An FAQ answer runs forward to the next question, never back into the question.
+            return j > toward
         near = sentences[toward]
         same_list = sentences[j].kind == near.kind == "list_item"
         return same_list or score[(ci, j)] >= score[best] - NEIGHBOUR_MARGIN

@@ -5,8 +5,9 @@ it: the inbox (a human has the session, or the bot is paused), the media-only no
 signals (tenant keywords, a request for a human, sentiment, repeated failure, amounts, prompt
 injection), lead capture (ask for an email before a gated topic; take the email; answer the held-
 back question), intent signals matched in embedding space (refund, billing dispute, legal threat,
-wants a human: escalate; off-topic: a polite refusal), then retrieval and the coverage decision
-(answer from the chunks, or escalate as "could not answer"). Every await is followed by an abort
+wants a human: escalate; off-topic by a precise rule: a polite refusal), then retrieval and the
+coverage decision: answer from the chunks, or escalate as "could not answer" (off-topic by
+resemblance is refused instead, and only when the knowledge base does not cover the question). Every await is followed by an abort
 checkpoint, so a takeover during embedding or search stops the turn before it says anything.
 """
 
@@ -97,12 +98,17 @@ class TurnPipeline:
                                     {"score": round(float(intent.score), 4),
                                      "example": intent.example, "via": intent.via},
                                     intent.priority or "normal"), state, lead)
-        if intent is not None and intent.intent == "off_topic":
+        off_topic = intent is not None and intent.intent == "off_topic"
+        if off_topic and intent is not None and intent.via == "rule":
             return Outcome(Reply(refusal_text(cfg.business_name, []), "off_topic"), state, lead)
 
         chunks = await self.retrieve(question, vec)
         ctl.checkpoint()
         coverage = assess_coverage(chunks, min_similarity=cfg.escalation.min_similarity)
+        if not coverage.covered and off_topic:
+            # Off-topic by resemblance only counts when this tenant's knowledge base does not
+            # cover it: "a recipe for pizza dough" is a fair question for a pizzeria.
+            return Outcome(Reply(refusal_text(cfg.business_name, []), "off_topic"), state, lead)
         if not coverage.covered:
             weak = state.model_copy(update={"weak_streak": state.weak_streak + 1})
             return Outcome(Escalate("could not answer: " + coverage.reason, "low_coverage",

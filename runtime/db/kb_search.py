@@ -102,7 +102,7 @@ ta AS MATERIALIZED (
         LIMIT $6
     ) m ORDER BY rank DESC, id LIMIT $5
 ), tr AS (
-    SELECT id, rank, row_number() OVER (ORDER BY grp, rank DESC, id) AS r FROM (
+    SELECT id, rank, grp, row_number() OVER (ORDER BY grp, rank DESC, id) AS r FROM (
         SELECT id, rank, 0 AS grp FROM ta
         UNION ALL
         SELECT id, rank, 1 AS grp FROM tb WHERE id NOT IN (SELECT id FROM ta)
@@ -132,13 +132,13 @@ WITH {_TEXT_CTES}, v AS MATERIALIZED (
 ), vr AS (
     SELECT id, row_number() OVER (ORDER BY distance, id) AS r FROM v
 ), f AS (
-    SELECT coalesce(vr.id, tr.id) AS id, tr.rank AS text_rank,
+    SELECT coalesce(vr.id, tr.id) AS id, tr.rank AS text_rank, coalesce(tr.grp = 0, false) AS text_all,
            coalesce(1.0::float8 / ($8 + vr.r), 0) + coalesce(1.0::float8 / ($8 + tr.r), 0) AS rrf
     FROM vr FULL OUTER JOIN (SELECT * FROM tr WHERE r <= $5) tr ON vr.id = tr.id
     ORDER BY rrf DESC, id LIMIT $9
 )
 SELECT c.id AS chunk_id, c.document_id, c.text, d.source, c.title, c.section, c.page,
-       1 - (c.embedding <=> $7) AS similarity, f.text_rank, f.rrf AS rrf_score
+       1 - (c.embedding <=> $7) AS similarity, f.text_rank, f.text_all, f.rrf AS rrf_score
 FROM f
 JOIN kb_chunks c ON c.id = f.id AND c.tenant_id = $1
 JOIN kb_documents d ON d.id = c.document_id AND d.tenant_id = $1
@@ -154,9 +154,10 @@ async def hybrid_search(
 
     Each leg takes its top ``candidates``; a chunk scores ``sum(1 / (rrf_k + rank))`` over the
     legs it appears in. Returns at most ``k`` rows (chunk_id, document_id, text, source, title,
-    section, page, similarity, text_rank, rrf_score), best first. ``similarity`` is the cosine
-    similarity to the query for every row (also rows found only by the text leg); ``text_rank``
-    is NULL for rows the text leg did not return. Run inside a transaction after
+    section, page, similarity, text_rank, text_all, rrf_score), best first. ``similarity`` is the
+    cosine similarity to the query for every row (also rows found only by the text leg);
+    ``text_rank`` is NULL for rows the text leg did not return; ``text_all``: the row holds all
+    the query's words (the text leg's first group). Run inside a transaction after
     :func:`set_hnsw_options`.
     """
     return await conn.fetch(

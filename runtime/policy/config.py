@@ -61,7 +61,8 @@ class EscalationRules(BaseModel):
         (any currency, not converted). ``None`` disables the check.
       injection: escalate on a detected prompt-injection attempt.
       min_similarity: best retrieval cosine similarity in [0, 1] below which the question counts
-        as "could not answer".
+        as "could not answer" (calibrated for MiniLM in runtime/answering/coverage.py; a chunk with
+        all the question's words counts 0.10 below it).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -72,7 +73,7 @@ class EscalationRules(BaseModel):
     max_low_coverage_turns: int = 2
     amount_threshold: float | None = None
     injection: bool = True
-    min_similarity: float = 0.25
+    min_similarity: float = 0.40
 
     @field_validator("keywords")
     @classmethod
