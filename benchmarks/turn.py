@@ -23,16 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import socket
-import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from _stack import Stack, summary
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -45,80 +42,6 @@ QUESTIONS = [
     "How do I download an invoice?",
     "Can I change my plan later?",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    idx = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
-    return round(values[idx], 2)
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": _pct(values, 0.5), "p99": _pct(values, 0.99),
-            "mean": round(statistics.fmean(values), 2) if values else float("nan")}
-
-
-class Stack:
-    """The app on embedded services, started in this process (like tests/conftest.py)."""
-
-    def __init__(self) -> None:
-        self.data_dir = Path(tempfile.mkdtemp(prefix="chat-engine-bench-"))
-        self.admin = "bench-admin-" + uuid.uuid4().hex
-        self.pg: Any = None
-        self.redis: Any = None
-
-    def start(self, max_tokens: int) -> str:
-        from runtime.config import get_settings
-        from runtime.db.migrate import upgrade
-        from runtime.services import EmbeddedPostgres, EmbeddedRedis
-
-        self.pg = EmbeddedPostgres(self.data_dir / "postgres")
-        self.redis = EmbeddedRedis(self.data_dir / "redis")
-        db_url, redis_url = self.pg.start(), self.redis.start()
-        upgrade(db_url)
-        env = {
-            "CHAT_ENGINE_DATA_DIR": str(self.data_dir), "CHAT_ENGINE_DATABASE_URL": db_url,
-            "CHAT_ENGINE_REDIS_URL": redis_url, "CHAT_ENGINE_ADMIN_TOKEN": self.admin,
-            "CHAT_ENGINE_SESSION_TOKEN_SECRET": uuid.uuid4().hex,
-            "CHAT_ENGINE_LLM_MAX_TOKENS": str(max_tokens),
-            "CHAT_ENGINE_EMBEDDING_NUM_CPUS": "0.5", "CHAT_ENGINE_GENERATOR_NUM_CPUS": "0.5",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        }
-        os.environ.update(env)
-        get_settings.cache_clear()
-        import ray
-        from ray import serve
-
-        from serve_app import build_app
-
-        port = _free_port()
-        ray.init(num_cpus=8, namespace="chat", include_dashboard=False,
-                 runtime_env={"env_vars": env}, logging_level="ERROR", log_to_driver=False)
-        quiet = {"log_level": "WARNING", "enable_access_log": False}
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
-        serve.run(build_app({"models": True}), name="chat", route_prefix="/", logging_config=quiet)
-        return f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        import ray
-        from ray import serve
-
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
-        if self.redis:
-            self.redis.stop()
-        if self.pg:
-            self.pg.stop()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 async def _sse_turn(client: Any, session: dict[str, Any], text: str) -> dict[str, Any]:
@@ -186,7 +109,7 @@ async def run(base: str, admin: str, quick: bool) -> dict[str, Any]:
             t = time.perf_counter()
             await client.get("/livez")
             floor.append((time.perf_counter() - t) * 1000)
-        out["serve_floor_ms"] = _summary(floor)
+        out["serve_floor_ms"] = summary(floor)
 
         # Warm-up: the first generation loads the model's caches.
         warm = await _session(client, wt)
@@ -201,8 +124,8 @@ async def run(base: str, admin: str, quick: bool) -> dict[str, Any]:
             if res["first_token_ms"] is not None and res["timing"]:
                 cold_total.append(res["first_token_ms"])
                 cold.append(res["first_token_ms"] - res["timing"].get("model_ttft_ms", 0))
-        out["cold_activation_ms"] = _summary(cold)
-        out["cold_first_token_ms"] = _summary(cold_total)
+        out["cold_activation_ms"] = summary(cold)
+        out["cold_first_token_ms"] = summary(cold_total)
 
         # Warm turn overhead at 1, 10, 50 concurrent sessions.
         levels = [1, 10] if quick else [1, 10, 50]
@@ -229,9 +152,9 @@ async def run(base: str, admin: str, quick: bool) -> dict[str, Any]:
                         customer_ttft.append(res["first_token_ms"])
 
             await asyncio.gather(*[drive(s) for s in sessions])
-            overhead[str(n)] = _summary(samples)
+            overhead[str(n)] = summary(samples)
         out["overhead_ms"] = overhead
-        out["customer_ttft_ms"] = _summary(customer_ttft)
+        out["customer_ttft_ms"] = summary(customer_ttft)
 
         # Memory per session actor (USS), over the live actors of this run.
         import ray
@@ -246,7 +169,7 @@ async def run(base: str, admin: str, quick: bool) -> dict[str, Any]:
                 uss.append(psutil.Process(pid).memory_full_info().uss / 2**20)
             except psutil.Error:
                 continue
-        out["actor_uss_mb"] = _summary(uss)
+        out["actor_uss_mb"] = summary(uss)
         out["session_actors_alive"] = len(pids)
 
     floor_p50 = out["serve_floor_ms"]["p50"]

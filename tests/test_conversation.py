@@ -325,7 +325,7 @@ async def test_takeover_during_retrieval_says_nothing_after_agent_joined(
     await conversation.activate()
     partition = await db.fetchval(
         "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'kb_chunks'::regclass "
-        "AND inhrelid::regclass::text LIKE $1", f"%{str(shop['tenant_id']).replace('-', '_')}%")
+        "AND inhrelid::regclass::text LIKE $1", f"%{shop['tenant_id'].hex}%")
     assert partition, "the tenant's kb_chunks partition"
     agent = (await db.fetchrow("SELECT id FROM users WHERE tenant_id = $1", shop["tenant_id"]))["id"]
     async with db.acquire() as locker:

@@ -42,6 +42,7 @@ class IntentSpec:
     priority: str | None
     rules: tuple[re.Pattern[str], ...]
     examples: tuple[str, ...]
+    not_examples: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def load_intents(path: Path = INTENTS_FILE) -> tuple[IntentSpec, ...]:
         specs.append(IntentSpec(
             name=name, threshold=float(body["threshold"]), priority=body.get("priority"),
             rules=tuple(re.compile(r, re.IGNORECASE) for r in body.get("rules", [])),
-            examples=examples,
+            examples=examples, not_examples=tuple(body.get("not_examples", [])),
         ))
     return tuple(specs)
 
@@ -82,6 +83,8 @@ class IntentClassifier:
         self.intents = tuple(intents or load_intents())
         self._vecs: np.ndarray | None = None
         self._owner: np.ndarray | None = None
+        self._neg_vecs: np.ndarray | None = None
+        self._neg_owner: np.ndarray | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -97,9 +100,13 @@ class IntentClassifier:
             if self._vecs is None:
                 texts = [e for spec in self.intents for e in spec.examples]
                 owner = [i for i, spec in enumerate(self.intents) for _ in spec.examples]
-                vecs = np.asarray(await self._embed_many(texts), dtype=np.float32)
+                negs = [e for spec in self.intents for e in spec.not_examples]
+                neg_owner = [i for i, spec in enumerate(self.intents) for _ in spec.not_examples]
+                vecs = np.asarray(await self._embed_many(texts + negs), dtype=np.float32)
+                self._neg_vecs = vecs[len(texts):]
+                self._neg_owner = np.asarray(neg_owner, dtype=np.int64)
                 self._owner = np.asarray(owner)
-                self._vecs = vecs
+                self._vecs = vecs[:len(texts)]
 
     def classify(self, text: str, text_vec: np.ndarray | None = None) -> IntentMatch | None:
         """The intent of ``text`` or None. Rules first; then, when :meth:`prepare` has run and
@@ -125,9 +132,21 @@ class IntentClassifier:
         spec = self.intents[top]
         score = float(best_per[top])
         if score >= spec.threshold and score - runner_up >= MARGIN:
+            if self._near_counterexample(top, text_vec, score):
+                return None
             examples = [e for s in self.intents for e in s.examples]
             return IntentMatch(spec.name, score, examples[int(arg_per[top])], "embedding", spec.priority)
         return None
+
+    def _near_counterexample(self, intent: int, text_vec: np.ndarray, score: float) -> bool:
+        """Whether one of the intent's ``not_examples`` (questions *about* the topic, e.g. "Do
+        you have a refund policy?") is at least as close as its nearest example."""
+        if self._neg_vecs is None or self._neg_owner is None or not len(self._neg_owner):
+            return False
+        idx = np.nonzero(self._neg_owner == intent)[0]
+        if not len(idx):
+            return False
+        return float((self._neg_vecs[idx] @ np.asarray(text_vec, dtype=np.float32)).max()) >= score
 
 
 def refusal_text(business_name: str, topics: Sequence[str] = ()) -> str:

@@ -73,8 +73,12 @@ class Conversation:
         self._ops = asyncio.Lock()
         self._turns_open = asyncio.Event()
         self._turns_open.set()
-        self.queue: asyncio.Queue[int] = asyncio.Queue()
+        # Oldest message first (re-queued messages after a restart or a sweep included).
+        self.queue: asyncio.PriorityQueue[int] = asyncio.PriorityQueue()
         self.queued: set[int] = set()
+        # Messages are stored, echoed and queued in one order (a turn's answer follows the
+        # answer to the message stored before it).
+        self._submit_lock = asyncio.Lock()
         self.current: TurnControl | None = None
         self._worker: asyncio.Task[None] | None = None
         self.closing = False
@@ -216,6 +220,12 @@ class Conversation:
 
     async def _submit(self, live: LiveSession, text: str, client_msg_id: str | None,
                       external_id: str | None, attachments: list[dict[str, Any]] | None) -> dict[str, Any]:
+        async with self._submit_lock:
+            return await self._store_and_queue(live, text, client_msg_id, external_id, attachments)
+
+    async def _store_and_queue(self, live: LiveSession, text: str, client_msg_id: str | None,
+                               external_id: str | None,
+                               attachments: list[dict[str, Any]] | None) -> dict[str, Any]:
         r = live.record
         async with live.pool.acquire() as conn:
             row, created = await msg_db.insert_customer_message(

@@ -7,8 +7,9 @@ injection), lead capture (ask for an email before a gated topic; take the email;
 back question), intent signals matched in embedding space (refund, billing dispute, legal threat,
 wants a human: escalate; off-topic by a precise rule: a polite refusal), then retrieval and the
 coverage decision: answer from the chunks, or escalate as "could not answer" (off-topic by
-resemblance is refused instead, and only when the knowledge base does not cover the question). Every await is followed by an abort
-checkpoint, so a takeover during embedding or search stops the turn before it says anything.
+resemblance is refused instead, and only when the knowledge base does not cover the question).
+Every await is followed by an abort checkpoint, so a takeover during embedding or search stops the
+turn before it says anything.
 """
 
 from __future__ import annotations
