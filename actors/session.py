@@ -74,7 +74,14 @@ class SessionActor:
     def _exit(self) -> None:
         log.info("session %s passivated", self.conv.session_id)
         loop = asyncio.get_running_loop()
-        loop.call_later(0.05, ray.actor.exit_actor)
+        # After the reply has gone out. Not ray.actor.exit_actor(): outside a running method
+        # it only flags the actor, which then lives on until some later call ends; the state
+        # is in Postgres and the resources are closed, so the actor can simply go.
+        loop.call_later(0.05, self._kill_self)
+
+    @staticmethod
+    def _kill_self() -> None:
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def ping(self) -> dict[str, Any]:
         """Liveness; activates the session."""

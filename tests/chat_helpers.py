@@ -91,7 +91,9 @@ async def ask(client: httpx.AsyncClient, session: WidgetSession, text: str,
             events.append(ev)
             if on_event is not None:
                 await on_event(ev)
-            if ev.event in ("done", "aborted", "error"):
+            # An ``aborted`` marked ``superseded`` drops an earlier attempt's half answer; the
+            # turn goes on (runtime.api.streams.is_turn_end).
+            if ev.event in ("done", "error") or (ev.event == "aborted" and not ev.data.get("superseded")):
                 break
     return events
 

@@ -151,7 +151,7 @@
       setStatus("human_assigned");
       notice((agentName || "Someone from our team") + " joined the chat.");
       hideTyping();
-    } else if (kind === "aborted") onAborted(data.message_id);
+    } else if (kind === "aborted") onAborted(data.message_id, data.superseded);
     else if (kind === "error") {
       hideTyping();
       notice(String(data.message || "Something went wrong."));
@@ -289,12 +289,13 @@
     if (s) hideTyping();
   }
 
-  function onAborted(id) {
+  // superseded: an earlier attempt's half answer goes, and the turn goes on (keep typing).
+  function onAborted(id, superseded) {
     id = +id;
     gone[id] = true;
     var b = bubbles[id];
     if (b && !b.final) { b.el.remove(); delete bubbles[id]; }
-    hideTyping();
+    if (!superseded) hideTyping();
   }
 
   function notice(text, kind) {
