@@ -283,6 +283,7 @@ async def test_extractive_answer_is_stored_and_streamed(conversation: Any, db: A
     assert kinds[0] == "message" and kinds[-1] == "done", kinds
     answer = next(e for e in evs if e.kind == "message" and e.data["sender"] == "ai")
     assert "119" in answer.data["text"] and answer.data["sources"], answer.data
+    assert answer.data["intent"] == "answer", answer.data
     assert "".join(e.data["text"] for e in evs if e.kind == "token") == answer.data["text"]
     done = evs[-1].data
     assert done["answer"]["strategy"] == "extractive" and done["answer"]["supported_sentences"] >= 1

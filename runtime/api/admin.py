@@ -90,11 +90,7 @@ async def patch_bot_config(body: dict[str, Any], ctx: Ctx, who: Owner) -> BotCon
         if forbidden in patch:
             raise InvalidInput(f"{forbidden}: read-only here", field=forbidden)
     async with ctx.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "SELECT config, status FROM bot_configs WHERE tenant_id = $1 FOR UPDATE",
-            who.tenant_id,
-        )
-        assert row is not None
+        row = await bot_configs.get_bot_config(conn, who.tenant_id, for_update=True)
         merged = merge_patch(row["config"], patch)
         try:
             config = BotConfig.model_validate(merged)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from runtime.api.context import get_context
 from runtime.api.errors import install_error_handlers
+from runtime.db import pool as db_pool
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ def create_app() -> FastAPI:
         ctx = await get_context()
         checks: dict[str, str] = {}
         try:
-            async with ctx.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
+            await db_pool.ping(ctx.pool)
             checks["postgres"] = "ok"
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks["postgres"] = f"error: {exc}"

@@ -233,11 +233,8 @@ async def _watch(ref: Any, job_id: UUID, ctx: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - recorded on the job
         log.error("ingestion job %s: task failed: %s", job_id, exc)
         async with ctx.pool.acquire() as conn:
-            await conn.execute(
-                """UPDATE kb_jobs SET status = 'failed', message = $2, finished_at = now()
-                   WHERE id = $1 AND status IN ('pending', 'running')""",
-                job_id, f"the ingestion task died: {type(exc).__name__}: {exc}"[:2000],
-            )
+            await kb_jobs.fail_unfinished_job(
+                conn, job_id, f"the ingestion task died: {type(exc).__name__}: {exc}")
 
 
 @router.post(

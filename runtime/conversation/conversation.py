@@ -8,9 +8,8 @@ then commit the new status, then change memory, then publish. Operations are ser
 themselves by one lock; turns are paused while one runs.
 
 Activation loads the session and re-queues its unanswered messages; transient failures (Postgres
-or Redis briefly down) are retried with backoff, and a failed activation is not remembered: the
-next call tries again. During passivation new calls are refused with SessionPassivating (the
-caller retries on the actor that replaces this one), so no message arrives just before exit.
+or Redis briefly down) are retried with backoff; a failed activation is not remembered. During
+passivation calls are refused with SessionPassivating (the caller retries on the next actor).
 """
 
 from __future__ import annotations
@@ -73,11 +72,9 @@ class Conversation:
         self._ops = asyncio.Lock()
         self._turns_open = asyncio.Event()
         self._turns_open.set()
-        # Oldest message first (re-queued messages after a restart or a sweep included).
+        # Oldest message first; stored, echoed and queued in one order (the submit lock).
         self.queue: asyncio.PriorityQueue[int] = asyncio.PriorityQueue()
         self.queued: set[int] = set()
-        # Messages are stored, echoed and queued in one order (a turn's answer follows the
-        # answer to the message stored before it).
         self._submit_lock = asyncio.Lock()
         self.current: TurnControl | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -140,18 +137,19 @@ class Conversation:
                                 query_embedding=vec)
 
         self._runner = TurnRunner(live, self.models, TurnPipeline(self.models, retrieve, self.intents))
-        for msg in pending:  # answered once: a turn acts only on a message still `received`
-            self._enqueue(int(msg["id"]))
+        if sum(self._enqueue(int(m["id"])) for m in pending):  # a turn acts only on `received`
+            log.info("session %s re-queued %d unanswered message(s)", self.session_id, len(pending))
         if sla_due is not None:
             live.sla.arm(sla_due)
-        if pending:
-            log.info("session %s re-queued %d unanswered message(s)", self.session_id, len(pending))
         return live
 
-    def _enqueue(self, message_id: int) -> None:
-        if message_id not in self.queued:
-            self.queued.add(message_id)
-            self.queue.put_nowait(message_id)
+    def _enqueue(self, message_id: int) -> bool:
+        """Queue a message's turn once; True when it was not queued yet."""
+        if message_id in self.queued:
+            return False
+        self.queued.add(message_id)
+        self.queue.put_nowait(message_id)
+        return True
 
     async def _work(self) -> None:
         assert self._runner is not None
@@ -221,30 +219,25 @@ class Conversation:
     async def _submit(self, live: LiveSession, text: str, client_msg_id: str | None,
                       external_id: str | None, attachments: list[dict[str, Any]] | None) -> dict[str, Any]:
         async with self._submit_lock:
-            return await self._store_and_queue(live, text, client_msg_id, external_id, attachments)
-
-    async def _store_and_queue(self, live: LiveSession, text: str, client_msg_id: str | None,
-                               external_id: str | None,
-                               attachments: list[dict[str, Any]] | None) -> dict[str, Any]:
-        r = live.record
-        async with live.pool.acquire() as conn:
-            row, created = await msg_db.insert_customer_message(
-                conn, r.tenant_id, r.session_id, r.channel_id, text, attachments or [],
-                client_msg_id, external_id)
-            answer = None
-            if not created and row["status"] != "received":
-                reply = await msg_db.answer_to(conn, r.tenant_id, row["id"])
-                answer = message_payload(reply) if reply is not None else None
-        mid = int(row["id"])
-        try:
-            if created:
-                await live.delivery.emit("message", f"{mid}:0", message_payload(row), mid)
-        except Exception as exc:  # noqa: BLE001 - the echo is cosmetic; the turn must still run
-            log.warning("session %s: customer message %s not published (%s)", r.session_id, mid, exc)
-        finally:
-            if row["status"] == "received":
-                self._enqueue(mid)
-        return {"message_id": mid, "duplicate": not created, "status": row["status"], "answer": answer}
+            r = live.record
+            async with live.pool.acquire() as conn:
+                row, created = await msg_db.insert_customer_message(
+                    conn, r.tenant_id, r.session_id, r.channel_id, text, attachments or [],
+                    client_msg_id, external_id)
+                answer = None
+                if not created and row["status"] != "received":
+                    reply = await msg_db.answer_to(conn, r.tenant_id, row["id"])
+                    answer = message_payload(reply) if reply is not None else None
+            mid = int(row["id"])
+            try:
+                if created:
+                    await live.delivery.emit("message", f"{mid}:0", message_payload(row), mid)
+            except Exception as exc:  # noqa: BLE001 - the echo is cosmetic; the turn must still run
+                log.warning("session %s: customer message %s not published (%s)", r.session_id, mid, exc)
+            finally:
+                if row["status"] == "received":
+                    self._enqueue(mid)
+            return {"message_id": mid, "duplicate": not created, "status": row["status"], "answer": answer}
 
     async def handoff(self, reason: str = "The customer asked for a human.") -> dict[str, Any]:
         """The "Talk to a human" button: escalate now, aborting a running answer."""
@@ -361,10 +354,8 @@ class Conversation:
         async with self._call() as live:
             async with live.pool.acquire() as conn:
                 pending = await msg_db.unanswered_customer_messages(conn, self.tenant_id, self.session_id)
-            fresh = [int(m["id"]) for m in pending if int(m["id"]) not in self.queued]
-            for mid in fresh:
-                self._enqueue(mid)
-            return {"requeued": len(fresh)}
+            fresh = {int(m["id"]) for m in pending} - self.queued
+            return {"requeued": sum(self._enqueue(mid) for mid in sorted(fresh))}
 
     async def status(self) -> dict[str, Any]:
         """Status, assignee, queue length, whether a turn is running."""
@@ -392,14 +383,14 @@ class Conversation:
             return False
         self.closing = True
         await stop_task(self._worker)
-        if self.live is not None:
-            self.live.sla.cancel()
-            with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):
+            if self.live is not None:
+                self.live.sla.cancel()
                 async with self.live.pool.acquire() as conn:
                     await sess_db.update_session(conn, self.tenant_id, self.session_id,
                                                  state=self.live.state.dump())
-        if self._resources is not None:
-            with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):
+            if self._resources is not None:
                 await self._resources.close()
         return True
 

@@ -43,7 +43,7 @@ class MessageOut(BaseModel):
 def message_payload(row: Any) -> dict[str, Any]:
     """The ``message`` event / API shape of a message row (optional keys only when set)."""
     created = row["created_at"]
-    keys = row.keys() if hasattr(row, "keys") else []
+    keys = set(row.keys()) if hasattr(row, "keys") else set()  # asyncpg: an iterator
     out: dict[str, Any] = {
         "id": row["id"], "sender": row["sender"], "text": row["text"],
         "sources": [], "created_at": created.isoformat() if created else None,

@@ -11,11 +11,12 @@ from runtime.db import Conn
 from runtime.errors import TenantNotFound
 
 
-async def get_bot_config(conn: Conn, tenant_id: UUID) -> asyncpg.Record:
-    """``(tenant_id, config, status, credit_balance, updated_at)``. Raises TenantNotFound."""
+async def get_bot_config(conn: Conn, tenant_id: UUID, *, for_update: bool = False) -> asyncpg.Record:
+    """``(tenant_id, config, status, credit_balance, updated_at)``; ``for_update`` locks the row
+    until the caller's transaction ends (a read-modify-write). Raises TenantNotFound."""
     row = await conn.fetchrow(
         """SELECT tenant_id, config, status, credit_balance, updated_at
-           FROM bot_configs WHERE tenant_id = $1""",
+           FROM bot_configs WHERE tenant_id = $1""" + (" FOR UPDATE" if for_update else ""),
         tenant_id,
     )
     if row is None:

@@ -110,3 +110,13 @@ async def finish_job(
         "UPDATE kb_jobs SET status = $2, message = $3, finished_at = now() WHERE id = $1",
         job_id, status, message,
     )
+
+
+async def fail_unfinished_job(conn: Conn, job_id: UUID, message: str) -> None:
+    """pending | running -> failed with ``message`` (a job whose worker died); a finished job is
+    left as it is."""
+    await conn.execute(
+        """UPDATE kb_jobs SET status = 'failed', message = $2, finished_at = now()
+           WHERE id = $1 AND status IN ('pending', 'running')""",
+        job_id, message[:2000],
+    )

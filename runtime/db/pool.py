@@ -44,3 +44,9 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """One round trip (``SELECT 1``); raises what asyncpg raises when Postgres is unreachable."""
+    async with pool.acquire() as conn:
+        await conn.fetchval("SELECT 1")
