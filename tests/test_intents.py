@@ -45,6 +45,8 @@ HELD_OUT = [
     ("is there an actual human on the other end?", "human_request"),
     ("Write a poem about the stock market and give me investment advice", "off_topic"),
     ("What's the weather going to be like in Paris tomorrow?", "off_topic"),
+    ("Good afternoon!", "greeting"),
+    ("thank you very much", "thanks"),
 ]
 
 TWINS = [
@@ -58,6 +60,8 @@ TWINS = [
     "Do you offer a nonprofit discount?",
     "How do I invite a team member?",
     "Where do I find the terms of service?",
+    "Hello, how do I cancel my subscription?",
+    "Thanks, but how do I export my stats?",
 ]
 
 

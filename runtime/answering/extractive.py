@@ -46,6 +46,9 @@ LEXICAL_WEIGHT = 0.25
 FAQ_MIN_SIMILARITY = 0.5
 MIN_SENTENCE_SIMILARITY = 0.35
 NEIGHBOUR_MARGIN = 0.15
+# A sentence of another chunk this close to the best one is quoted too, as a second passage.
+SECOND_SOURCE_MARGIN = 0.10
+NEAR_DUPLICATE = 0.85
 MAX_QUOTE_CHARS = 480
 MIN_WORDS = 4
 HEADING_MAX_WORDS = 9
@@ -114,9 +117,10 @@ class Quote:
 
 @dataclass(frozen=True)
 class ExtractiveAnswer:
-    """``text``: what the customer reads (plain text: the quoted sentences, a blank line, then
-    ``Source: <title> (<url> | <file>, page N)``); ``quotes``: the sentences, in source order;
-    ``sources``: the chunks quoted (for the message's ``sources[]``); ``score``: the best
+    """``text``: what the customer reads (plain text: the quoted passage, a second one from another
+    chunk when it scores close, a blank line, then ``Source: <title> (<url> | <file>, page N)``,
+    or ``Sources: A; B``); ``quotes``: the sentences, best passage first; ``sources``: the chunks
+    quoted (for the message's ``sources[]``); ``score``: the best
     sentence's score; ``similarity``: its cosine to the question."""
 
     text: str
@@ -175,7 +179,16 @@ def _is_faq_question(s: Sentence) -> bool:
     return s.kind in ("sentence", "heading") and s.text.endswith("?") and len(s.text.split()) >= 3
 
 
-def _format(quoted: list[Sentence], chunk: ChunkLike) -> str:
+def _format_passages(passages: list[tuple[list[Sentence], ChunkLike]]) -> str:
+    body = "\n\n".join(_lines(quoted) for quoted, _ in passages)
+    wheres = list(dict.fromkeys(w for w in (citation(c) for _, c in passages) if w))
+    if not wheres:
+        return body
+    label = "Source" if len(wheres) == 1 else "Sources"
+    return f"{body}\n\n{label}: {'; '.join(wheres)}"
+
+
+def _lines(quoted: list[Sentence]) -> str:
     lines: list[str] = []
     prev: Sentence | None = None
     for s in quoted:
@@ -189,8 +202,7 @@ def _format(quoted: list[Sentence], chunk: ChunkLike) -> str:
         else:
             lines.append(s.text)
         prev = s
-    where = citation(chunk)
-    return "\n".join(lines) + (f"\n\nSource: {where}" if where else "")
+    return "\n".join(lines)
 
 
 async def extract_answer(
@@ -285,7 +297,23 @@ async def extract_answer(
         size += len(sentences[j].text)
     quoted = [sentences[i] for i in picked]
     quotes = [Quote(s.text, chunks[ci], score[(ci, s.index)]) for s in quoted]
+    passages = [(quoted, chunks[ci])]
+    # A close runner-up from another chunk often holds the half of the answer the best one lacks
+    # ("A single month over your limit requires no action." beside the two-month rule).
+    if len(picked) < max_sentences:
+        texts_in = {normalize(q.sentence) for q in quotes}
+        row = {k: i for i, k in enumerate(candidates)}
+        taken = vecs[[row[(ci, i)] for i in picked if (ci, i) in row]]
+        others = [k for k in score if k[0] != ci and normalize(per_chunk[k[0]][k[1]].text) not in texts_in
+                  # not a near-copy of what is quoted (overlapping chunks, repeated pages)
+                  and (not len(taken) or float((taken @ vecs[row[k]]).max()) < NEAR_DUPLICATE)]
+        if others:
+            second = max(others, key=lambda k: score[k])
+            if score[second] >= score[best] - SECOND_SOURCE_MARGIN and cos[second] >= MIN_SENTENCE_SIMILARITY:
+                s2 = per_chunk[second[0]][second[1]]
+                quotes.append(Quote(s2.text, chunks[second[0]], score[second]))
+                passages.append(([s2], chunks[second[0]]))
     return ExtractiveAnswer(
-        text=_format(quoted, chunks[ci]), quotes=quotes, sources=[chunks[ci]],
+        text=_format_passages(passages), quotes=quotes, sources=[c for _, c in passages],
         score=score[best], similarity=cos[best],
     )

@@ -40,6 +40,10 @@ from runtime.prompting import build_prompt
 
 log = logging.getLogger(__name__)
 
+REPETITION_PENALTY = 1.15
+# The model starting a new prompt section ends its answer (the output guard strips the rest).
+ANSWER_STOPS = ("\nQuestion:", "\nFacts:")
+
 
 class CouldNotAnswer(Exception):
     """Neither strategy produced a supported answer; ``signal`` says why (low_coverage,
@@ -117,7 +121,8 @@ class AnswerWriter:
         ctl.answer_id, _ = await self._reserve(msg.id)
         ctl.checkpoint()
         request = GenerationRequest(messages=prompt.messages, max_tokens=s.llm_max_tokens,
-                                    prefix_messages=1, repetition_penalty=1.15)
+                                    prefix_messages=1, repetition_penalty=REPETITION_PENALTY,
+                                    stop=list(ANSWER_STOPS))
         guard = OutputGuard(self.live.canary, system_text=prompt.messages[0].content)
         stream = AnswerStream(self.models, self.live.delivery, ctl, guard, checker,
                               turn=msg.id, answer_id=ctl.answer_id)

@@ -43,6 +43,8 @@ from runtime.policy.leads import check_email_reply, declines_to_share, find_lead
 log = logging.getLogger(__name__)
 
 Retrieve = Callable[[str, np.ndarray], Awaitable[list[Any]]]
+# A greeting gets the tenant's greeting; thanks gets a short close. Neither is a question.
+SMALL_TALK = {"greeting": "", "thanks": "You're welcome! Anything else I can help with?"}
 ESCALATING_INTENTS = {
     "refund": "The customer asks for a refund.",
     "billing_dispute": "The customer disputes a charge.",
@@ -99,6 +101,9 @@ class TurnPipeline:
                                     {"score": round(float(intent.score), 4),
                                      "example": intent.example, "via": intent.via},
                                     intent.priority or "normal"), state, lead)
+        if intent is not None and intent.intent in SMALL_TALK:
+            text_out = cfg.greeting if intent.intent == "greeting" else SMALL_TALK[intent.intent]
+            return Outcome(Reply(text_out, intent.intent), state, lead)
         off_topic = intent is not None and intent.intent == "off_topic"
         if off_topic and intent is not None and intent.via == "rule":
             return Outcome(Reply(refusal_text(cfg.business_name, []), "off_topic"), state, lead)
