@@ -187,6 +187,23 @@ async def test_question_outside_the_knowledge_base_is_not_answered(pipeline: Any
     assert isinstance(out.decision, Answer) and out.state.weak_streak in (0, 1), out.decision
 
 
+async def test_repeated_weak_answers_escalate_and_a_strong_one_does_not(pipeline: Any) -> None:
+    """After ``max_low_coverage_turns`` weak answers in a row, another weak one goes to a human;
+    a well-covered question is answered whatever the streak, and ends it."""
+    question = "When are you open on Saturdays?"
+    best = (await _decide(pipeline, question)).decision.coverage["best_similarity"]
+    # The same question made weak: the threshold just under its best score.
+    weak_cfg = BotConfig(business_name="Riverton Bikes",
+                         escalation={"min_similarity": best - 0.02, "max_low_coverage_turns": 2})
+    out = await _decide(pipeline, question, cfg=weak_cfg, state=SessionState(weak_streak=1))
+    assert isinstance(out.decision, Answer) and out.state.weak_streak == 2, out.decision
+    out = await _decide(pipeline, question, cfg=weak_cfg, state=out.state)
+    assert isinstance(out.decision, Escalate), out.decision
+    assert out.decision.signal == "repeated_failure"
+    strong = await _decide(pipeline, question, state=SessionState(weak_streak=5))
+    assert isinstance(strong.decision, Answer) and strong.state.weak_streak == 0, strong.decision
+
+
 async def test_billing_dispute_escalates_high_and_card_update_does_not(pipeline: Any) -> None:
     out = await _decide(pipeline, "Why was my card charged twice yesterday?")
     assert isinstance(out.decision, Escalate), out.decision

@@ -82,7 +82,9 @@ class TurnPipeline:
         if not text.strip():
             return Outcome(Reply(MEDIA_ONLY_REPLY, "media_only", "inbox", notify_inbox=True), state)
 
-        decision = self.policy.evaluate(text, cfg.escalation, state.weak_streak)
+        # Repeated failure is judged after retrieval: a well-covered question is answered even
+        # after weak ones, and ends the streak.
+        decision = self.policy.evaluate(text, cfg.escalation, 0)
         if decision.escalate:
             return Outcome(Escalate(decision.reason or "policy", decision.signal, text,
                                     decision.detail), state)
@@ -120,6 +122,14 @@ class TurnPipeline:
             return Outcome(Escalate("could not answer: " + coverage.reason, "low_coverage",
                                     question, coverage.detail), weak, lead)
         streak = state.weak_streak + 1 if coverage.weak else 0
+        if coverage.weak:
+            # After max weak answers in a row, another weak one goes to a human instead.
+            again = self.policy.check_repeated_failure(state.weak_streak,
+                                                       cfg.escalation.max_low_coverage_turns)
+            if again.escalate:
+                return Outcome(Escalate(again.reason or "repeated failure", again.signal, question,
+                                        {**again.detail, **coverage.detail}),
+                               state.model_copy(update={"weak_streak": streak}), lead)
         return Outcome(Answer(question, vec, chunks, coverage.detail),
                        state.model_copy(update={"weak_streak": streak}), lead)
 
