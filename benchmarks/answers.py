@@ -155,13 +155,14 @@ class Judge:
             return 0, 0
         rows = await self.pool.fetch("SELECT text FROM kb_chunks WHERE id = ANY($1::bigint[])", chunk_ids)
         source = "\n".join(r["text"] for r in rows)
-        src_norm = normalize(source)
+        # The sources as the answering code reads them (Markdown links and MDX residue cleaned).
         src_sentences = split_sentences(source) or [source]
+        src_norm = normalize(" ".join(src_sentences)) + " " + normalize(source)
         src_vecs = await self.embedder.embed_many(src_sentences)
         vecs = await self.embedder.embed_many(sentences)
         bad = 0
         for s, v in zip(sentences, vecs, strict=True):
-            if normalize(s) in src_norm:
+            if normalize(s.removeprefix("- ")) in src_norm:
                 continue
             numbers = re.findall(r"\d+(?:[.,]\d+)*", s)
             if float((src_vecs @ v).max()) >= JUDGE_SIMILARITY and all(n in source for n in numbers):
