@@ -443,3 +443,14 @@ async def test_session_event_stream_resumes_after_last_event_id(
             if ev.event == "done":
                 break
     assert [e.id for e in seen] == [e.id for e in events[1:]]
+
+
+async def test_up_banner_names_the_answer_strategy(app_url: str) -> None:
+    """``chat-engine up`` prints how ``auto`` resolves on the deployed Generator: the packaged
+    llama.cpp model is not marked capable, so answers are extractive."""
+    from runtime.cli.up import answer_strategy_line
+    from runtime.config import get_settings
+
+    line = await asyncio.to_thread(answer_strategy_line, get_settings())
+    assert line.startswith("answer strategy: auto -> extractive"), line
+    assert "llamacpp is not marked capable" in line and "CHAT_ENGINE_GENERATOR_CAPABLE" in line

@@ -13,7 +13,9 @@ event carries them (``answer``) with the turn's timing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 from typing import Any
 
@@ -41,8 +43,23 @@ from runtime.prompting import build_prompt
 log = logging.getLogger(__name__)
 
 REPETITION_PENALTY = 1.15
+EXTRACTIVE_PACE_S = 0.03  # seconds between the pieces of an extractive answer on the stream
 # The model starting a new prompt section ends its answer (the output guard strips the rest).
 ANSWER_STOPS = ("\nQuestion:", "\nFacts:")
+
+
+_PIECE_END = re.compile(r"(?<=[.!?]) (?=\S)|\n+")
+
+
+def sentence_pieces(text: str) -> list[str]:
+    """``text`` cut after each sentence and line break; ``"".join`` of the pieces is ``text``."""
+    out, start = [], 0
+    for m in _PIECE_END.finditer(text):
+        out.append(text[start:m.end()])
+        start = m.end()
+    if start < len(text):
+        out.append(text[start:])
+    return out
 
 
 class CouldNotAnswer(Exception):
@@ -91,11 +108,16 @@ class AnswerWriter:
             if answer_id is None:
                 answer_id, _ = await self._reserve(msg.id)
             if self.live.delivery.live_tokens:
-                # One token with the whole quote: the widget shows it at once, and the stream's
-                # tokens always add up to the stored answer.
-                await self.live.delivery.emit("token", f"{answer_id}:{seq}", {
-                    "message_id": answer_id, "seq": seq, "text": ext.text}, msg.id)
-                seq += 1
+                # A token per sentence or line, a few frames apart: the widget reveals the quote
+                # as it renders a generated answer (under 0.1 s in all), and the tokens always
+                # add up to the stored answer.
+                for i, piece in enumerate(sentence_pieces(ext.text)):
+                    if i:
+                        await asyncio.sleep(EXTRACTIVE_PACE_S)
+                    await self.live.delivery.emit("token", f"{answer_id}:{seq}", {
+                        "message_id": answer_id, "seq": seq, "text": piece}, msg.id)
+                    seq += 1
+                await asyncio.sleep(EXTRACTIVE_PACE_S)
             await self._store(msg, answer_id, ext.text, list(ext.sources), seq, t0, timing,
                               strategy="extractive", supported=len(ext.quotes), removed=removed,
                               final=final)
