@@ -149,7 +149,7 @@ class Judge:
         from runtime.answering.sentences import split_sentences
         from runtime.text import normalize
 
-        body = text.split("\n\nSource:", 1)[0]
+        body = re.split(r"\n\nSources?:", text, maxsplit=1)[0]
         sentences = [s for s in split_sentences(body) if len(s.split()) >= 3]
         if not sentences:
             return 0, 0
