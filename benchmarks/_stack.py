@@ -4,6 +4,7 @@ Generator. Not a benchmark itself (``make bench-quick`` skips ``_*.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -91,3 +92,17 @@ class Stack:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+
+
+async def wait_healthy(client: Any, attempts: int = 240, every_s: float = 0.5) -> None:
+    """Poll ``GET /healthz`` (an httpx.AsyncClient on the app) until it answers 200, for up to
+    ``attempts`` x ``every_s`` seconds; connection errors while Serve starts count as not yet."""
+    import httpx
+
+    for _ in range(attempts):
+        try:
+            if (await client.get("/healthz")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(every_s)

@@ -43,7 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _stack import Stack, pct
+from _stack import Stack, pct, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -324,7 +324,7 @@ async def _run_strategy(client: Any, t: dict[str, Any], strategy: str, qs: list[
     }
 
 
-async def run(base: str, admin: str, data_dir: Path, quick: bool) -> dict[str, Any]:
+async def run(base: str, admin: str, quick: bool) -> dict[str, Any]:
     """Ingest, then run each strategy; returns the report."""
     import asyncpg
     import httpx
@@ -342,13 +342,7 @@ async def run(base: str, admin: str, data_dir: Path, quick: bool) -> dict[str, A
                            "date": time.strftime("%Y-%m-%d")}
     try:
         async with httpx.AsyncClient(base_url=base, timeout=600) as client:
-            for _ in range(240):
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.5)
+            await wait_healthy(client)
             t0 = time.perf_counter()
             tenant = await _setup(client, admin, site.url)
             out["ingest_s"] = round(time.perf_counter() - t0, 1)
@@ -385,7 +379,7 @@ def main() -> None:
     stack = Stack()
     try:
         base = stack.start(args.max_tokens)
-        result = asyncio.run(run(base, stack.admin, stack.data_dir, args.quick))
+        result = asyncio.run(run(base, stack.admin, args.quick))
     finally:
         stack.stop()
     print(json.dumps(result, indent=2))

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _stack import Stack, summary
+from _stack import Stack, summary, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -82,13 +82,7 @@ async def run(base: str, admin: str, quick: bool) -> dict[str, Any]:
 
     out: dict[str, Any] = {"quick": quick}
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
-        for _ in range(240):
-            try:
-                if (await client.get("/healthz")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.5)
+        await wait_healthy(client)
         r = await client.post("/v1/tenants", json={"name": "bench"},
                               headers={"Authorization": f"Bearer {admin}"})
         owner = {"Authorization": f"Bearer {r.json()['owner_api_key']}"}
