@@ -84,7 +84,7 @@ class TurnPipeline:
 
         # Repeated failure is judged after retrieval: a well-covered question is answered even
         # after weak ones, and ends the streak.
-        decision = self.policy.evaluate(text, cfg.escalation, 0)
+        decision = self.policy.evaluate(text, cfg.escalation)
         if decision.escalate:
             return Outcome(Escalate(decision.reason or "policy", decision.signal, text,
                                     decision.detail), state)
