@@ -115,6 +115,15 @@ def test_inline_pdf_list_is_cut_into_items() -> None:
     assert s[1].text == "Check your banking app for any pending approval"
 
 
+def test_list_item_keeps_its_continuation_line() -> None:
+    s = segment("- Basic tune-up: 49 €. Gears and brakes adjusted, chain cleaned and lubricated,\n"
+                "  bolts checked. Usually ready the same day.\n- Full service: 119 €.\n\nAfter.")
+    assert [x.text for x in s] == [
+        "Basic tune-up: 49 €.", "Gears and brakes adjusted, chain cleaned and lubricated, bolts checked.",
+        "Usually ready the same day.", "Full service: 119 €.", "After."]
+    assert [x.kind for x in s] == ["list_item"] * 4 + ["sentence"]
+
+
 def test_sentence_buffer_never_cuts_a_price() -> None:
     buf = SentenceBuffer()
     done = []

@@ -5,8 +5,8 @@ Structure first, then sentencex (Wikimedia's rule-based segmenter, MIT, ~1 µs p
 1. Residue that is not prose goes: MDX/HTML tags left in PDF text (``<div class="browser" <img
    alt="…" src={useBaseUrl('…')} / </div``), backslash escapes, Markdown emphasis, link syntax
    (``[text](url)`` keeps the text) and heading markers.
-2. Lines are blocks: a ``#`` heading, a list item (``- ``, ``* ``, ``1. ``), a table row or a
-   paragraph;
+2. Lines are blocks: a ``#`` heading, a list item (``- ``, ``* ``, ``1. ``, with the lines right
+   under it), a table row or a paragraph;
    consecutive plain lines are one paragraph (PDF soft wraps re-joined). A paragraph that carries
    an inline list, as PDF extraction leaves them (``- Review your card - Check your bank app``),
    is cut into its items.
@@ -78,8 +78,13 @@ def clean_text(text: str) -> str:
 
 def _blocks(text: str) -> Iterator[tuple[SentenceKind, str]]:
     para: list[str] = []
+    item: list[str] = []  # a list item and its continuation lines
 
     def flush() -> Iterator[tuple[SentenceKind, str]]:
+        if item:
+            for piece in _inline_items(" ".join(item)):
+                yield "list_item", piece
+            item.clear()
         if para:
             yield "sentence", " ".join(para)
             para.clear()
@@ -102,8 +107,11 @@ def _blocks(text: str) -> Iterator[tuple[SentenceKind, str]]:
                 yield "heading", heading.group(1)
         elif _LIST_ITEM.match(line):
             yield from flush()
-            for item in _inline_items(_LIST_ITEM.sub("", line, count=1)):
-                yield "list_item", item
+            item.append(_LIST_ITEM.sub("", line, count=1))
+        elif item:
+            # A line right under a list item continues it (Markdown's lazy continuation, a
+            # wrapped PDF line): "chain cleaned and lubricated," / "bolts checked."
+            item.append(line)
         else:
             para.append(line)
     yield from flush()
