@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from actors.sender import ensure_senders
 from actors.timekeeper import ensure_timekeeper
 from runtime.api.app import create_app
 from runtime.api.context import get_context
@@ -40,6 +41,8 @@ class Ingress:
         # At start, not at the first chat turn: it also fails ingestion jobs orphaned by a
         # restart, and SLA timers of passivated sessions must fire with no traffic at all.
         ensure_timekeeper()
+        # Pending outbox rows (a restart, a re-drive) are sent with no new traffic too.
+        ensure_senders()
 
     async def check_health(self) -> None:
         """Serve health check: the process can reach Postgres."""

@@ -46,7 +46,11 @@ class Stack:
         self.pg: Any = None
         self.redis: Any = None
 
-    def start(self, max_tokens: int) -> str:
+    def start(self, max_tokens: int, extra_env: dict[str, str] | None = None) -> str:
+        """Start everything; ``extra_env``: more CHAT_ENGINE_* settings (e.g. the provider
+        stand-ins' API bases). Returns the app's base URL."""
+        import base64
+
         from runtime.config import get_settings
         from runtime.db.migrate import upgrade
         from runtime.services import EmbeddedPostgres, EmbeddedRedis
@@ -62,6 +66,9 @@ class Stack:
             "CHAT_ENGINE_LLM_MAX_TOKENS": str(max_tokens),
             "CHAT_ENGINE_EMBEDDING_NUM_CPUS": "0.5", "CHAT_ENGINE_GENERATOR_NUM_CPUS": "0.5",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "CHAT_ENGINE_SECRETS_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+            "CHAT_ENGINE_CRAWL_ALLOW_PRIVATE": "true",  # the fixture site is on 127.0.0.1
+            **(extra_env or {}),
         }
         os.environ.update(env)
         get_settings.cache_clear()

@@ -46,6 +46,7 @@ TENANTS = 10
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("CHAT_ENGINE_CRAWL_ALLOW_PRIVATE", "true")  # the fixture site is on 127.0.0.1
 
 
 def pct(values: list[float], p: float) -> float:

@@ -175,6 +175,20 @@ class Settings(BaseSettings):
     upload_max_bytes: int = Field(default=20_000_000, ge=1024)
     crawl_timeout_s: float = Field(default=20.0, gt=0, description="per HTTP request")
     crawl_user_agent: str = "chat-engine-kb/0.1 (+knowledge-base crawler)"
+    crawl_allow_private: bool = Field(
+        default=False,
+        description="let the crawler fetch private, loopback and link-local addresses (tests, a "
+        "local demo site); cloud metadata endpoints stay refused; refused in production",
+    )
+    crawl_page_deadline_s: float = Field(
+        default=30.0, gt=0,
+        description="whole fetch of one page (connect, headers and body), however slowly it drips",
+    )
+    crawl_job_deadline_s: float = Field(
+        default=1800.0, gt=0,
+        description="a job stops crawling this long after it started (what it stored is kept; it lists "
+        "the deadline as an error)",
+    )
     ingest_embed_batch: int = Field(default=64, ge=1, description="texts per embed_many call")
     kb_job_heartbeat_s: float = Field(
         default=10.0, gt=0, description="how often a running ingestion job reports it is alive"
@@ -194,6 +208,40 @@ class Settings(BaseSettings):
     )
     retrieval_rrf_k: int = Field(default=60, ge=1, description="reciprocal-rank-fusion constant")
 
+    # --- messaging channels: webhooks in, the outbox out ---
+    secrets_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key (urlsafe base64, 32 bytes) encrypting channel credentials at rest; "
+        "generated in dev. Several keys comma-separated: the first encrypts, all decrypt (rotation)",
+    )
+    whatsapp_api_base: str = Field(default="https://graph.facebook.com/v21.0",
+                                   description="WhatsApp Cloud API (Graph API) base URL")
+    telegram_api_base: str = Field(default="https://api.telegram.org", description="Telegram Bot API")
+    twilio_api_base: str = Field(default="https://api.twilio.com", description="Twilio REST API")
+    mailgun_api_base: str = Field(default="https://api.mailgun.net", description="Mailgun send API")
+    slack_api_base: str = Field(default="https://slack.com/api", description="Slack Web API")
+    webhook_max_body_bytes: int = Field(default=2_000_000, ge=1024, description="inbound webhook body")
+    webhook_signature_max_age_s: int = Field(
+        default=300, ge=1, description="signed webhook timestamps older than this are refused (replay)"
+    )
+    channel_session_idle_hours: float = Field(
+        default=24.0, gt=0,
+        description="a messaging contact's next message after this much silence opens a new session",
+    )
+    whatsapp_window_hours: float = Field(
+        default=24.0, gt=0, description="WhatsApp's customer-service window: free-form replies only "
+        "this long after the customer's last message",
+    )
+    outbox_max_attempts: int = Field(default=6, ge=1, description="sends of one row, then dead")
+    outbox_backoff_initial_s: float = Field(default=1.0, gt=0, description="full-jitter backoff base")
+    outbox_backoff_max_s: float = Field(default=300.0, gt=0, description="full-jitter backoff cap")
+    outbox_lease_s: float = Field(
+        default=30.0, gt=0, description="a claimed row not marked within this is claimed again"
+    )
+    outbox_poll_s: float = Field(default=1.0, gt=0, description="senders poll at least this often")
+    outbox_batch: int = Field(default=20, ge=1, description="rows a sender claims at once")
+    outbox_send_timeout_s: float = Field(default=15.0, gt=0, description="whole provider request")
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:
@@ -204,7 +252,8 @@ class Settings(BaseSettings):
         if self.environment == "production":
             missing = [
                 f"{ENV_PREFIX}{name.upper()}"
-                for name in ("admin_token", "session_token_secret", "database_url", "redis_url")
+                for name in ("admin_token", "session_token_secret", "secrets_key", "database_url",
+                             "redis_url")
                 if getattr(self, name) is None
             ]
             if missing:

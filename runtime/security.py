@@ -4,21 +4,26 @@
   random, so a fast hash is the right tool; passwords, when they come, need argon2).
 - Session tokens: HS256 JWTs under CHAT_ENGINE_SESSION_TOKEN_SECRET, bound to the session, its
   tenant and channel, and the host page's origin, expiring after ``session_token_ttl_s``.
+- Channel credentials (access tokens, app secrets, signing keys): encrypted at rest with Fernet
+  (AES-128-CBC + HMAC-SHA256) under CHAT_ENGINE_SECRETS_KEY; several comma-separated keys rotate
+  (the first encrypts, any decrypts). Never returned by the API.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from dataclasses import dataclass
 from uuid import UUID
 
 import jwt
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from runtime.config import Settings
-from runtime.errors import SessionNotFound, Unauthorized
+from runtime.errors import ConfigError, SessionNotFound, Unauthorized
 
 KEY_PREFIX = "ce_sk_"
 
@@ -91,3 +96,33 @@ def verify_session_token(
     if session_id is not None and claims.session_id != session_id:
         raise SessionNotFound(f"no session {session_id} for this token")
     return claims
+
+
+# ------------------------------------------------------------------ channel credentials at rest
+def _fernet(settings: Settings) -> MultiFernet:
+    if settings.secrets_key is None:
+        raise ConfigError("CHAT_ENGINE_SECRETS_KEY is not set: channel credentials cannot be encrypted "
+                          "(the launcher generates one in development)")
+    try:
+        keys = [Fernet(k.strip()) for k in settings.secrets_key.get_secret_value().split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError("CHAT_ENGINE_SECRETS_KEY: each key must be 32 url-safe base64-encoded bytes "
+                          "(Fernet.generate_key())") from None
+    return MultiFernet(keys)
+
+
+def encrypt_secrets(settings: Settings, values: dict[str, str]) -> str:
+    """``values`` as one Fernet token (str). Raises ConfigError without a key."""
+    return _fernet(settings).encrypt(json.dumps(values).encode()).decode()
+
+
+def decrypt_secrets(settings: Settings, token: str | None) -> dict[str, str]:
+    """The dict :func:`encrypt_secrets` sealed; ``{}`` for None. Raises ConfigError when no
+    configured key opens it (the key was changed without keeping the old one for rotation)."""
+    if not token:
+        return {}
+    try:
+        return dict(json.loads(_fernet(settings).decrypt(token.encode())))
+    except InvalidToken:
+        raise ConfigError("channel credentials cannot be decrypted with CHAT_ENGINE_SECRETS_KEY: keep "
+                          "the old key after the new one (comma-separated) while rotating") from None

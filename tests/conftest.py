@@ -8,6 +8,7 @@ at ``/``. Each test gets its own tenant (``tenant`` fixture), so tests never see
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import shutil
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = (REPO.parent / "shared" / "fixtures").resolve()
 ADMIN_TOKEN = "test-admin-token-" + os.urandom(8).hex()
 SESSION_SECRET = "test-session-secret-" + os.urandom(16).hex()
+SECRETS_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 os.environ.update(
     {
@@ -53,23 +55,39 @@ class Services:
     database_url: str
     redis_url: str
     env: dict[str, str]
+    standins: Any = None
 
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
-    """Embedded Postgres + Redis in a temp data dir, migrated; CHAT_ENGINE_* set for workers."""
+    """Embedded Postgres + Redis in a temp data dir, migrated; the provider stand-ins (local HTTP
+    servers for WhatsApp, Telegram, Twilio, Mailgun and Slack, which this machine cannot reach);
+    CHAT_ENGINE_* set for workers."""
     from runtime.config import get_settings
     from runtime.db.migrate import upgrade
     from runtime.services import EmbeddedPostgres, EmbeddedRedis
+    from tests.provider_standins import ProviderStandIns
 
     data_dir = Path(tempfile.mkdtemp(prefix="chat-engine-test-"))
     pg = EmbeddedPostgres(data_dir / "postgres")
     rd = EmbeddedRedis(data_dir / "redis")
+    standins = ProviderStandIns()
     try:
         db_url = pg.start()
         redis_url = rd.start()
         upgrade(db_url)
+        standins.start()
         env = {
+            **standins.env(),
+            "CHAT_ENGINE_SECRETS_KEY": SECRETS_KEY,
+            # The fixture sites are served on 127.0.0.1, which the egress policy refuses by default.
+            "CHAT_ENGINE_CRAWL_ALLOW_PRIVATE": "true",
+            # Retries in tenths of a second and leases of seconds, so outbox tests stay short.
+            "CHAT_ENGINE_OUTBOX_BACKOFF_INITIAL_S": "0.05",
+            "CHAT_ENGINE_OUTBOX_BACKOFF_MAX_S": "0.5",
+            "CHAT_ENGINE_OUTBOX_MAX_ATTEMPTS": "4",
+            "CHAT_ENGINE_OUTBOX_LEASE_S": "3",
+            "CHAT_ENGINE_OUTBOX_POLL_S": "0.2",
             "CHAT_ENGINE_DATA_DIR": str(data_dir),
             "CHAT_ENGINE_DATABASE_URL": db_url,
             "CHAT_ENGINE_REDIS_URL": redis_url,
@@ -87,8 +105,9 @@ def services() -> Iterator[Services]:
         }
         os.environ.update(env)
         get_settings.cache_clear()
-        yield Services(data_dir, db_url, redis_url, env)
+        yield Services(data_dir, db_url, redis_url, env, standins)
     finally:
+        standins.stop()
         rd.stop()
         pg.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

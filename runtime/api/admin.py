@@ -11,8 +11,10 @@ from pydantic import BaseModel, EmailStr, Field, ValidationError, field_validato
 
 from runtime.api.deps import Admin, Ctx, Owner
 from runtime.bot_config import BotConfig, BotStatus, merge_patch
+from runtime.channels.registry import adapter_for
 from runtime.db import bot_configs, channels, tenants
 from runtime.errors import InvalidInput
+from runtime.security import encrypt_secrets
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -109,12 +111,25 @@ async def patch_bot_config(body: dict[str, Any], ctx: Ctx, who: Owner) -> BotCon
 
 # ---------------------------------------------------------------- channels
 class ChannelCreate(BaseModel):
-    """POST /v1/channels body. ``allowed_origins`` applies to widget channels."""
+    """POST /v1/channels body. ``allowed_origins`` applies to widget channels; ``config`` and
+    ``secrets`` to messaging channels:
 
-    type: Literal["widget", "whatsapp", "telegram", "email"]
+    - whatsapp: config ``phone_number_id``; secrets ``access_token``, ``app_secret``, ``verify_token``
+    - telegram: secrets ``bot_token``, ``webhook_secret`` (the ``secret_token`` given to setWebhook)
+    - sms (Twilio): config ``account_sid`` and ``from_number`` or ``messaging_service_sid``;
+      secrets ``auth_token``
+    - email (Mailgun): config ``domain``, ``from_address`` (``from_name``); secrets ``api_key``,
+      ``webhook_signing_key``
+    - slack: config ``bot_user_id`` (its own messages are ignored); secrets ``bot_token``,
+      ``signing_secret``
+
+    Secrets are encrypted at rest and never returned.
+    """
+
+    type: Literal["widget", "whatsapp", "telegram", "sms", "email", "slack"]
     name: str = Field(default="", max_length=120)
     config: dict[str, Any] = Field(default_factory=dict)
-    secrets: dict[str, str] = Field(default_factory=dict, description="write-only")
+    secrets: dict[str, str] = Field(default_factory=dict, description="write-only credentials")
     allowed_origins: list[str] = Field(default_factory=list, max_length=50)
 
     @field_validator("allowed_origins")
@@ -143,6 +158,8 @@ class ChannelOut(BaseModel):
     allowed_origins: list[str]
     widget_token: str | None = None
     snippet: str | None = None
+    webhook_url: str | None = Field(default=None, description="register this URL with the provider")
+    credentials_set: list[str] = Field(default_factory=list, description="names of the stored secrets")
     created_at: datetime
 
 
@@ -158,12 +175,20 @@ def widget_snippet(base: str, token: str) -> str:
     return f'<script src="{base}/widget.js" data-widget-token="{token}" async></script>'
 
 
-def _channel_out(row: Any, base: str) -> ChannelOut:
+def webhook_url(base: str, channel_type: str, channel_id: Any) -> str:
+    """Where a provider delivers a messaging channel's webhooks."""
+    return f"{base}/v1/webhooks/{channel_type}/{channel_id}"
+
+
+def _channel_out(row: Any, base: str, credentials: list[str] | None = None) -> ChannelOut:
     token = row["widget_token"]
     return ChannelOut(
         id=row["id"], type=row["type"], name=row["name"], status=row["status"],
         config=row["config"], allowed_origins=list(row["allowed_origins"]), widget_token=token,
-        snippet=widget_snippet(base, token) if token else None, created_at=row["created_at"],
+        snippet=widget_snippet(base, token) if token else None,
+        webhook_url=webhook_url(base, row["type"], row["id"]) if row["type"] != "widget" else None,
+        credentials_set=credentials if credentials is not None else list(row["credential_names"] or []),
+        created_at=row["created_at"],
     )
 
 
@@ -176,12 +201,21 @@ async def create_channel(body: ChannelCreate, request: Request, ctx: Ctx, who: O
             "e.g. [\"https://shop.example\"]",
             field="allowed_origins",
         )
+    config, sealed = dict(body.config), {}
+    if body.type != "widget":
+        if body.allowed_origins:
+            raise InvalidInput("allowed_origins: only widget channels have allowed origins",
+                               field="allowed_origins")
+        config = adapter_for(body.type).validate_setup(dict(body.config), dict(body.secrets))
+        sealed = {"enc": encrypt_secrets(ctx.settings, dict(body.secrets)), "keys": sorted(body.secrets)}
+    elif body.secrets:
+        raise InvalidInput("secrets: a widget channel has no credentials", field="secrets")
     async with ctx.pool.acquire() as conn:
         row = await channels.create_channel(
-            conn, who.tenant_id, body.type, body.name or body.type, body.config, body.secrets,
+            conn, who.tenant_id, body.type, body.name or body.type, config, sealed,
             body.allowed_origins,
         )
-    return _channel_out(row, public_base(request, ctx))
+    return _channel_out(row, public_base(request, ctx), sorted(body.secrets))
 
 
 @router.get("/channels", response_model=list[ChannelOut])

@@ -22,6 +22,8 @@ ROUTERS: list[tuple[str, str]] = [
     ("runtime.api.kb", "router"),
     ("runtime.api.widget", "router"),
     ("runtime.api.agent", "router"),
+    ("runtime.api.webhooks", "router"),
+    ("runtime.api.outbox", "router"),
     ("runtime.api.static", "router"),
 ]
 

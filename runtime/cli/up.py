@@ -40,6 +40,8 @@ def worker_env(settings: Settings, database_url: str, redis_url: str) -> dict[st
     assert settings.admin_token is not None and settings.session_token_secret is not None
     env["CHAT_ENGINE_ADMIN_TOKEN"] = settings.admin_token.get_secret_value()
     env["CHAT_ENGINE_SESSION_TOKEN_SECRET"] = settings.session_token_secret.get_secret_value()
+    if settings.secrets_key is not None:
+        env["CHAT_ENGINE_SECRETS_KEY"] = settings.secrets_key.get_secret_value()
     return env
 
 

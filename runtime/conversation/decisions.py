@@ -13,7 +13,8 @@ import numpy as np
 
 from runtime.conversation.state import SessionState
 
-MEDIA_ONLY_REPLY = "I can only read text messages right now. Could you describe what you're seeing?"
+MEDIA_ONLY_REPLY = ("Thanks, I've received your attachment and passed it to our team. I can only read "
+                    "text myself: could you describe in a message what you need?")
 INVALID_EMAIL_REPLY = "That email address doesn't look right ({error}). Could you check it and send it again?"
 
 

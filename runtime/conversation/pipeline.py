@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 Retrieve = Callable[[str, np.ndarray], Awaitable[list[Any]]]
 # A greeting gets the tenant's greeting; thanks gets a short close. Neither is a question.
 SMALL_TALK = {"greeting": "", "thanks": "You're welcome! Anything else I can help with?"}
+def is_start_command(text: str) -> bool:
+    """Telegram's ``/start`` (``/start payload``, ``/start@BotName``)."""
+    head = text.strip().split(maxsplit=1)[0].lower() if text.strip() else ""
+    return head.split("@", 1)[0] == "/start"
+
+
 ESCALATING_INTENTS = {
     "refund": "The customer asks for a refund.",
     "billing_dispute": "The customer disputes a charge.",
@@ -79,8 +85,12 @@ class TurnPipeline:
             return Outcome(ToInbox("the bot is paused", notice),
                            state.model_copy(update={"paused_notice_sent": True}))
         text = msg.text
-        if not text.strip():
+        if msg.attachments or not text.strip():
+            # The bot reads no images, voice notes or files: the customer is told, and the
+            # attachment (and any caption) waits for a human in the inbox.
             return Outcome(Reply(MEDIA_ONLY_REPLY, "media_only", "inbox", notify_inbox=True), state)
+        if is_start_command(text):  # Telegram's /start opens a chat: the greeting, not a search
+            return Outcome(Reply(cfg.greeting, "greeting"), state)
 
         # Repeated failure is judged after retrieval: a well-covered question is answered even
         # after weak ones, and ends the streak.

@@ -35,6 +35,7 @@ from runtime.conversation.live import LiveSession, load_config
 from runtime.conversation.pipeline import TurnPipeline
 from runtime.conversation.ports import ModelPorts
 from runtime.db import Conn
+from runtime.db import contacts as contact_db
 from runtime.db import escalations as esc_db
 from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
@@ -188,6 +189,10 @@ class TurnRunner:
         async with live.pool.acquire() as conn, conn.transaction():
             if live.record.contact_id is not None:
                 await sess_db.set_contact_email(conn, live.tenant_id, live.record.contact_id, lead.email)
+                # The email now finds this contact from any channel (a WhatsApp customer who later
+                # writes by email is the same contact), unless another contact already holds it.
+                await contact_db.add_identity(conn, live.tenant_id, live.record.contact_id, "email",
+                                              lead.email.lower())
             lead_id = await esc_db.insert_lead(conn, live.tenant_id, live.session_id,
                                                live.record.contact_id, lead.email, lead.topic,
                                                lead.question)

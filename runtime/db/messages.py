@@ -217,3 +217,23 @@ async def recent_history(
     return list(reversed(rows))
 
 
+
+
+async def external_message_exists(conn: Conn, channel_id: UUID, external_id: str) -> bool:
+    """True when the channel already stored the provider message ``external_id`` (a duplicate
+    webhook delivery)."""
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE channel_id = $1 AND external_id = $2)",
+        channel_id, external_id,
+    ))
+
+
+async def settle_customer_message(
+    conn: Conn, tenant_id: UUID, message_id: int, status: str, intent: str
+) -> None:
+    """Mark a customer message handled without a turn (``status``, e.g. answered) and why
+    (``intent``, e.g. opt_out): no model sees it."""
+    await conn.execute(
+        "UPDATE messages SET status = $3, intent = $4 WHERE tenant_id = $1 AND id = $2",
+        tenant_id, message_id, status, intent,
+    )

@@ -20,7 +20,11 @@ from runtime.db import Conn
 
 OUTBOX_COLUMNS = """o.id, o.tenant_id, o.channel_id, o.session_id, o.message_id, o.recipient, o.body,
     o.status, o.attempts, o.next_attempt_at, o.lease_until, o.last_error, o.provider_message_id,
-    o.created_at, o.sent_at"""
+    o.created_at, o.sent_at, o.parts_sent, o.provider_message_ids, o.delivery_status,
+    o.delivery_status_at, o.delivery_error"""
+
+NOTIFY_CHANNEL = "outbox"
+"""Postgres LISTEN/NOTIFY channel: a row was enqueued (delivered at commit); senders wake at once."""
 
 
 async def enqueue(
@@ -31,26 +35,31 @@ async def enqueue(
 
     body: what the sender needs, e.g. ``{"text": "...", "sender": "ai"}``.
     """
-    return int(await conn.fetchval(
+    row_id = int(await conn.fetchval(
         """INSERT INTO outbox (tenant_id, channel_id, session_id, message_id, recipient, body)
            VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
         tenant_id, channel_id, session_id, message_id, recipient, body,
     ))
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(row_id))
+    return row_id
 
 
 async def claim_due(
-    conn: Conn, channel_types: list[str], limit: int, lease_s: float
+    conn: Conn, channel_types: list[str], limit: int, lease_s: float, *, with_credentials: bool = False,
 ) -> list[asyncpg.Record]:
     """Claim up to ``limit`` due rows of the given channel types for ``lease_s`` seconds.
 
     A row is due when it is pending (or its sending lease expired) and its ``next_attempt_at`` has
     passed, and no earlier row of its session is still unsent. Returns the claimed rows (status
-    ``sending``, ``attempts`` incremented) with the channel's ``channel_type``, oldest first.
+    ``sending``, ``attempts`` incremented) with the channel's ``channel_type``, the session's
+    ``thread`` and the customer's last message time ``last_customer_at``, oldest first.
+    with_credentials: only rows of channels that have stored credentials (a sender cannot send
+    for the others; their rows wait, visible in the outbox, until the channel is set up).
     """
     return await conn.fetch(
         f"""WITH due AS (
                SELECT o.id FROM outbox o JOIN channels ch ON ch.id = o.channel_id
-               WHERE ch.type = ANY($1::text[])
+               WHERE ch.type = ANY($1::text[]) AND (NOT $4 OR ch.secrets ? 'enc')
                  AND o.next_attempt_at <= now()
                  AND (o.status = 'pending' OR (o.status = 'sending' AND o.lease_until < now()))
                  AND NOT EXISTS (
@@ -60,20 +69,73 @@ async def claim_due(
             UPDATE outbox o SET status = 'sending', attempts = o.attempts + 1,
                    lease_until = now() + make_interval(secs => $3), updated_at = now()
             FROM due, channels ch WHERE o.id = due.id AND ch.id = o.channel_id
-            RETURNING {OUTBOX_COLUMNS}, ch.type AS channel_type""",
-        channel_types, limit, lease_s,
+            RETURNING {OUTBOX_COLUMNS}, ch.type AS channel_type,
+                (SELECT s.thread FROM sessions s WHERE s.id = o.session_id) AS thread,
+                (SELECT max(m.created_at) FROM messages m
+                 WHERE m.session_id = o.session_id AND m.sender = 'customer') AS last_customer_at""",
+        channel_types, limit, lease_s, with_credentials,
     )
 
 
-async def mark_sent(conn: Conn, outbox_id: int, provider_message_id: str | None) -> bool:
-    """The provider accepted the row; True if this sender still held it."""
+async def record_part(conn: Conn, outbox_id: int, provider_message_id: str | None, lease_s: float) -> bool:
+    """One piece of a split row was accepted: count it (a retry resumes after it), keep the
+    provider's id and extend the lease. True if this sender still held the row."""
+    res = await conn.execute(
+        """UPDATE outbox SET parts_sent = parts_sent + 1,
+               provider_message_ids = provider_message_ids || COALESCE(ARRAY[$2::text], '{}'),
+               provider_message_id = COALESCE(provider_message_id, $2),
+               lease_until = now() + make_interval(secs => $3), updated_at = now()
+           WHERE id = $1 AND status = 'sending'""",
+        outbox_id, provider_message_id, lease_s,
+    )
+    return res.endswith(" 1")
+
+
+async def mark_sent(conn: Conn, outbox_id: int, provider_message_id: str | None = None) -> bool:
+    """The provider accepted the row (every piece); True if this sender still held it.
+    provider_message_id: set when not already recorded by :func:`record_part`."""
     res = await conn.execute(
         """UPDATE outbox SET status = 'sent', sent_at = now(), lease_until = NULL,
-               provider_message_id = $2, last_error = NULL, updated_at = now()
+               provider_message_id = COALESCE(provider_message_id, $2), last_error = NULL,
+               updated_at = now()
            WHERE id = $1 AND status = 'sending'""",
         outbox_id, provider_message_id,
     )
     return res.endswith(" 1")
+
+
+async def record_delivery_status(
+    conn: Conn, channel_id: UUID, provider_message_id: str, status: str, error: str | None,
+    at: datetime | None,
+) -> int:
+    """A provider's delivery report (sent/delivered/read/failed) on the row that sent
+    ``provider_message_id`` on ``channel_id``; an older report never overwrites a newer one.
+    Returns the number of rows updated (0: not ours)."""
+    res = await conn.execute(
+        """UPDATE outbox SET delivery_status = $3, delivery_error = $4,
+               delivery_status_at = COALESCE($5, now()), updated_at = now()
+           WHERE channel_id = $1 AND provider_message_ids @> ARRAY[$2::text]
+             AND (delivery_status_at IS NULL OR delivery_status_at <= COALESCE($5, now()))""",
+        channel_id, provider_message_id, status, error, at,
+    )
+    return int(res.split()[-1])
+
+
+async def get_row(conn: Conn, tenant_id: UUID, outbox_id: int) -> asyncpg.Record | None:
+    """One outbox row of the tenant, or None."""
+    return await conn.fetchrow(
+        f"SELECT {OUTBOX_COLUMNS} FROM outbox o WHERE o.tenant_id = $1 AND o.id = $2", tenant_id, outbox_id,
+    )
+
+
+async def counts(conn: Conn, tenant_id: UUID | None = None) -> dict[str, int]:
+    """Rows per status (all tenants when ``tenant_id`` is None)."""
+    rows = await conn.fetch(
+        """SELECT status, count(*) AS n FROM outbox WHERE ($1::uuid IS NULL OR tenant_id = $1)
+           GROUP BY status""",
+        tenant_id,
+    )
+    return {r["status"]: int(r["n"]) for r in rows}
 
 
 async def mark_failed(conn: Conn, outbox_id: int, error: str, retry_at: datetime | None) -> None:
@@ -104,7 +166,8 @@ async def list_rows(
 async def redrive(
     conn: Conn, tenant_id: UUID, *, outbox_id: int | None = None, channel_id: UUID | None = None
 ) -> int:
-    """Put dead rows back to ``pending`` now (one row, or all of a channel); returns how many."""
+    """Put dead rows back to ``pending`` now (one row, or all of a channel); returns how many.
+    Pieces already accepted stay counted, so a re-drive sends only the rest."""
     res = await conn.execute(
         """UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = now(),
                updated_at = now()
@@ -112,4 +175,7 @@ async def redrive(
              AND ($2::bigint IS NULL OR id = $2) AND ($3::uuid IS NULL OR channel_id = $3)""",
         tenant_id, outbox_id, channel_id,
     )
-    return int(res.split()[-1])
+    n = int(res.split()[-1])
+    if n:
+        await conn.execute("SELECT pg_notify($1, 'redrive')", NOTIFY_CHANNEL)
+    return n

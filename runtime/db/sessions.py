@@ -12,7 +12,7 @@ from runtime.errors import SessionNotFound
 
 SESSION_COLUMNS = """id, tenant_id, channel_id, contact_id, status, assignee_id,
     escalation_reason, escalation_question, origin, state, created_at, updated_at,
-    last_activity_at, escalated_at, assigned_at, closed_at"""
+    last_activity_at, escalated_at, assigned_at, closed_at, address, thread"""
 
 # ------------------------------------------------------------------ contacts & sessions
 async def upsert_contact(
@@ -108,11 +108,12 @@ async def update_session(
 
 
 async def get_session_for_actor(conn: Conn, tenant_id: UUID, session_id: UUID) -> asyncpg.Record:
-    """The session row plus its channel's ``channel_type`` and the contact's ``contact_ref``
-    (phone, chat id, email address: where an outbox delivery sends). Raises SessionNotFound."""
+    """The session row plus its channel's ``channel_type`` and ``contact_ref``, where an outbox
+    delivery sends: the session's address on its channel (phone, chat id, email address, Slack
+    channel), else the contact's external ref. Raises SessionNotFound."""
     cols = ", ".join(f"s.{c.strip()}" for c in SESSION_COLUMNS.split(","))
     row = await conn.fetchrow(
-        f"""SELECT {cols}, ch.type AS channel_type, ct.external_ref AS contact_ref
+        f"""SELECT {cols}, ch.type AS channel_type, COALESCE(s.address, ct.external_ref) AS contact_ref
             FROM sessions s JOIN channels ch ON ch.id = s.channel_id
             LEFT JOIN contacts ct ON ct.id = s.contact_id
             WHERE s.tenant_id = $1 AND s.id = $2""",
@@ -121,3 +122,81 @@ async def get_session_for_actor(conn: Conn, tenant_id: UUID, session_id: UUID) -
     if row is None:
         raise SessionNotFound(f"no session {session_id} in this tenant")
     return row
+
+
+# ------------------------------------------------------------------ messaging channels
+async def open_channel_session(
+    conn: Conn, tenant_id: UUID, channel_id: UUID, contact_id: UUID, address: str,
+    thread: dict[str, Any], idle_hours: float, session_id: UUID | None = None, new: bool = False,
+) -> tuple[asyncpg.Record, bool]:
+    """The open session of ``contact_id`` on a messaging channel, or a new one.
+
+    Open: not closed and active within ``idle_hours``. session_id: a session already matched
+    (an email thread), used when it is still open; new: open a new session whatever is open (an
+    email on a new subject is a new conversation). Serialised per (channel, contact) with a
+    transaction-level advisory lock, so two webhooks at once never open two sessions; call inside
+    a transaction. The session's ``address`` and ``thread`` are brought up to date (the reply goes
+    where the customer last wrote from). Returns (row, created).
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                       f"chsess:{channel_id}:{contact_id}")
+    row = None if new else await conn.fetchrow(
+        f"""SELECT {SESSION_COLUMNS} FROM sessions
+            WHERE tenant_id = $1 AND channel_id = $2 AND contact_id = $3 AND status <> 'closed'
+              AND last_activity_at > now() - make_interval(secs => $4)
+              AND ($5::uuid IS NULL OR id = $5)
+            ORDER BY last_activity_at DESC LIMIT 1""",
+        tenant_id, channel_id, contact_id, idle_hours * 3600.0, session_id,
+    )
+    if row is None and session_id is not None:
+        # The thread's session is closed or went idle: its continuation is a new conversation.
+        return await open_channel_session(conn, tenant_id, channel_id, contact_id, address, thread,
+                                          idle_hours, new=True)
+    if row is not None:
+        updated = await conn.fetchrow(
+            f"""UPDATE sessions SET address = $3, thread = thread || $4::jsonb, last_activity_at = now()
+                WHERE tenant_id = $1 AND id = $2 RETURNING {SESSION_COLUMNS}""",
+            tenant_id, row["id"], address, thread,
+        )
+        assert updated is not None
+        return updated, False
+    created = await conn.fetchrow(
+        f"""INSERT INTO sessions (tenant_id, channel_id, contact_id, address, thread)
+            VALUES ($1, $2, $3, $4, $5) RETURNING {SESSION_COLUMNS}""",
+        tenant_id, channel_id, contact_id, address, thread,
+    )
+    assert created is not None
+    return created, True
+
+
+async def session_for_email_thread(
+    conn: Conn, tenant_id: UUID, channel_id: UUID, message_ids: list[str],
+) -> UUID | None:
+    """The session of this email channel that sent or received any of ``message_ids`` (an
+    inbound ``In-Reply-To`` / ``References``), newest first; None when none did."""
+    if not message_ids:
+        return None
+    return await conn.fetchval(
+        """SELECT session_id FROM (
+               SELECT session_id, id FROM messages
+               WHERE tenant_id = $1 AND channel_id = $2 AND external_id = ANY($3::text[])
+               UNION ALL
+               SELECT session_id, message_id FROM outbox
+               WHERE tenant_id = $1 AND channel_id = $2 AND provider_message_ids && $3::text[]
+           ) hits ORDER BY id DESC LIMIT 1""",
+        tenant_id, channel_id, message_ids,
+    )
+
+
+async def session_for_email_subject(
+    conn: Conn, tenant_id: UUID, channel_id: UUID, contact_id: UUID, subject_key: str,
+) -> UUID | None:
+    """The open session of the contact on this email channel whose thread has the same
+    normalised subject (``thread.subject_key``), newest first."""
+    return await conn.fetchval(
+        """SELECT id FROM sessions
+           WHERE tenant_id = $1 AND channel_id = $2 AND contact_id = $3 AND status <> 'closed'
+             AND thread->>'subject_key' = $4
+           ORDER BY last_activity_at DESC LIMIT 1""",
+        tenant_id, channel_id, contact_id, subject_key,
+    )

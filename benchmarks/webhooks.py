@@ -1,0 +1,127 @@
+"""Webhook benchmark: how fast a provider's delivery is acknowledged, and how long until the
+answer is sent back through the outbox.
+
+Starts the stack like the tests do (embedded Postgres + Redis, Ray, Serve with the Embedder and
+the llama.cpp Generator) plus the provider stand-ins of ``tests/provider_standins.py`` (local HTTP
+servers speaking the Graph API and the other providers' send APIs: the real ones cannot be
+reached from here), creates a WhatsApp channel over a knowledge-base Q&A, and measures:
+
+- ack_ms: signed WhatsApp text webhooks posted all at once (200; ``--quick`` 50), spread over a
+  few contacts so the answers behind them queue in a few session actors rather than starting 200
+  processes on a 2-core machine; the time to the 200 (verify, store, acknowledge);
+- duplicate_ack_ms: the same deliveries posted again (Meta retries): 200 and nothing stored;
+- e2e_cold_ms: a new contact's message, from the POST to the stand-in receiving the answer (a
+  new session and its actor, the turn, the outbox row, the sender);
+- e2e_warm_ms: the next message of a contact whose session is active.
+
+Prints one JSON object. Target (issue 13): ack p99 < 100 ms at 200 concurrent deliveries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _stack import Stack, summary, wait_healthy
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+QUESTION = "Does it come in another color?"
+ANSWER = "Yes: the Trailblazer bike also comes in forest green and midnight blue."
+
+
+async def _post(client: Any, channel: dict[str, Any], body: dict[str, Any]) -> tuple[float, int]:
+    from tests.channel_helpers import path_of, signed
+
+    path = path_of(channel)
+    raw, headers = signed("whatsapp", body, str(client.base_url).rstrip("/") + path)
+    t = time.perf_counter()
+    r = await client.post(path, content=raw, headers=headers)
+    return (time.perf_counter() - t) * 1000, r.status_code
+
+
+async def _answered(standins: Any, phone: str, count: int, timeout_s: float = 120.0) -> float:
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if len([d for d in standins.deliveries("whatsapp") if d.recipient == phone.lstrip("+")]) >= count:
+            return time.perf_counter()
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"no answer to {phone} in {timeout_s} s")
+
+
+async def run(base: str, admin: str, standins: Any, quick: bool) -> dict[str, Any]:
+    import httpx
+
+    from tests.channel_helpers import SETUPS, new_phone, whatsapp_text
+
+    out: dict[str, Any] = {"quick": quick}
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+        await wait_healthy(client)
+        r = await client.post("/v1/tenants", json={"name": "bench-webhooks"},
+                              headers={"Authorization": f"Bearer {admin}"})
+        owner = {"Authorization": f"Bearer {r.json()['owner_api_key']}"}
+        (await client.post("/v1/kb/qa", headers=owner, json={"question": QUESTION, "answer": ANSWER})
+         ).raise_for_status()
+        setup = SETUPS["whatsapp"]
+        channel = (await client.post("/v1/channels", headers=owner, json={
+            "type": "whatsapp", "config": setup["config"], "secrets": setup["secrets"]})).json()
+
+        # Warm-up: the first turn loads the model caches and starts a sender connection.
+        warm_phone = new_phone()
+        await _post(client, channel, whatsapp_text(warm_phone, QUESTION))
+        await _answered(standins, warm_phone, 1)
+
+        n, contacts = (50, 5) if quick else (200, 10)
+        phones = [new_phone() for _ in range(contacts)]
+        bodies = [whatsapp_text(phones[i % contacts], f"{QUESTION} ({i})") for i in range(n)]
+        results = await asyncio.gather(*[_post(client, channel, b) for b in bodies])
+        out["concurrent_deliveries"] = n
+        out["ack_ms"] = summary([ms for ms, _ in results])
+        errors = sum(1 for _, code in results if code != 200)
+        dups = await asyncio.gather(*[_post(client, channel, b) for b in bodies])
+        out["duplicate_ack_ms"] = summary([ms for ms, _ in dups])
+        errors += sum(1 for _, code in dups if code != 200)
+
+        cold, warm = [], []
+        for _ in range(3 if quick else 8):
+            phone = new_phone()
+            t0 = time.perf_counter()
+            await _post(client, channel, whatsapp_text(phone, QUESTION))
+            cold.append((await _answered(standins, phone, 1) - t0) * 1000)
+            t1 = time.perf_counter()
+            await _post(client, channel, whatsapp_text(phone, QUESTION + " Really?"))
+            warm.append((await _answered(standins, phone, 2) - t1) * 1000)
+        out["e2e_cold_ms"] = summary(cold)
+        out["e2e_warm_ms"] = summary(warm)
+        out["errors"] = errors
+    out["targets"] = {"ack_p99_lt_100ms": out["ack_ms"]["p99"] < 100, "no_errors": out["errors"] == 0}
+    return out
+
+
+def main() -> None:
+    """Entry point: ``python benchmarks/webhooks.py [--quick]``."""
+    from tests.provider_standins import ProviderStandIns
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI mode: 50 deliveries, 3 end-to-end runs")
+    args = parser.parse_args()
+    standins = ProviderStandIns().start()
+    stack = Stack()
+    try:
+        base = stack.start(24, extra_env={**standins.env(), "CHAT_ENGINE_OUTBOX_POLL_S": "0.2"})
+        result = asyncio.run(run(base, stack.admin, standins, args.quick))
+    finally:
+        stack.stop()
+        standins.stop()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
