@@ -144,6 +144,7 @@ async def receive(channel_type: WebhookType, channel_id: UUID, request: Request,
     """A provider's webhook. 200 ``{"ok": true, "received", "duplicates", "ignored",
     "statuses"}`` once stored (or the provider's handshake reply); 401 bad signature, 400
     malformed, 404 unknown channel, 413 too large."""
+    started = time.perf_counter()
     channel, secrets = await _channel(ctx, channel_type, channel_id)
     adapter = adapter_for(channel_type)
     req, files = await _webhook_request(request, ctx)
@@ -161,8 +162,11 @@ async def receive(channel_type: WebhookType, channel_id: UUID, request: Request,
         task = asyncio.get_running_loop().create_task(_submit_all(ctx, outcome.stored))
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
-    return {"ok": True, "received": len(outcome.stored) + outcome.settled,
+    body = {"ok": True, "received": len(outcome.stored) + outcome.settled,
             "duplicates": outcome.duplicates, "ignored": outcome.ignored, "statuses": outcome.statuses}
+    # The handler's own time (verify, parse, store), apart from queueing in front of it.
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return JSONResponse(body, headers={"Server-Timing": f"app;dur={elapsed_ms:.1f}"})
 
 
 def _with_files(m: ChannelMessage, files: list[dict[str, Any]]) -> ChannelMessage:
