@@ -1,4 +1,5 @@
-"""Timekeeper: the single detached actor that wakes sessions whose stored timers are due.
+"""Timekeeper: the single detached actor that wakes sessions whose stored timers are due, and
+hands messages stored by channel webhooks to their sessions.
 
 Session actors arm asyncio timers while active; this actor polls the ``timers`` table so an SLA
 fires even for a passivated session (activating it through its named actor). It also sweeps for
@@ -6,6 +7,13 @@ customer messages left ``received`` longer than ``stale_message_s`` (a turn lost
 outage) and has their sessions re-queue them, and every ``kb_job_heartbeat_s`` it fails ingestion
 jobs whose worker stopped reporting (``kb_job_stale_s``). Postgres being down, at start or later,
 only delays a poll: the pool is (re)created inside the loop.
+
+Inbound dispatch: a webhook stores the customer's message and sends a Postgres NOTIFY on
+``inbound`` (``<tenant>:<session>``) in the same transaction; this actor listens and calls the
+session actor's ``recover`` (queue its unanswered messages, in order), one call in flight per
+session (a notification arriving meanwhile runs one more). The ingress thus acknowledges a
+webhook without a Ray call of its own; a notification lost while this actor restarts is covered
+by the stale-message sweep.
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
+import asyncpg
 import ray
 
 from runtime.config import get_settings
@@ -24,10 +34,13 @@ from runtime.db import kb_jobs as kb_db
 from runtime.db import messages as msg_db
 from runtime.db import timers as timer_db
 from runtime.db.pool import create_pool
+from runtime.errors import SessionPassivating
 
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 30.0
+DISPATCH_RETRIES = 40  # a passivating actor refuses calls until it has exited
+HANDLE_CACHE_MAX = 10_000
 
 
 class Timekeeper:
@@ -39,7 +52,13 @@ class Timekeeper:
         self.recovered = 0
         self.errors = 0
         self.jobs_failed_stale = 0
+        self.dispatched = 0
         self._pool: Any = None
+        self._listener: Any = None
+        self._handles: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._dispatching: set[tuple[str, str]] = set()
+        self._again: set[tuple[str, str]] = set()
+        self._dispatch_tasks: set[asyncio.Task[None]] = set()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
@@ -50,6 +69,7 @@ class Timekeeper:
                     assert self.settings.database_url is not None
                     self._pool = await create_pool(str(self.settings.database_url), min_size=0,
                                                    max_size=1, max_inactive_connection_lifetime=60.0)
+                await self._ensure_listener()
                 if time.monotonic() - last_sweep >= self.settings.kb_job_heartbeat_s:
                     await self._sweep_jobs()
                     last_sweep = time.monotonic()
@@ -59,6 +79,64 @@ class Timekeeper:
                 self.errors += 1
                 log.exception("timer poll failed")
             await asyncio.sleep(self.settings.timekeeper_poll_s)
+
+    # ------------------------------------------------------------------ inbound dispatch
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        assert self.settings.database_url is not None
+        conn = await asyncpg.connect(str(self.settings.database_url))
+        await conn.add_listener(msg_db.INBOUND_CHANNEL, self._on_inbound)
+        self._listener = conn
+
+    def _on_inbound(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        tenant_id, _, session_id = str(payload).partition(":")
+        key = (tenant_id, session_id)
+        if key in self._dispatching:
+            self._again.add(key)  # one more pass after the running call
+            return
+        self._dispatching.add(key)
+        task = asyncio.get_running_loop().create_task(self._dispatch(key))
+        self._dispatch_tasks.add(task)
+        task.add_done_callback(self._dispatch_tasks.discard)
+
+    def _session(self, key: tuple[str, str], fresh: bool = False) -> Any:
+        from actors.session import session_actor
+
+        if fresh or key not in self._handles:
+            self._handles[key] = session_actor(*key)
+            if len(self._handles) > HANDLE_CACHE_MAX:
+                self._handles.popitem(last=False)
+        self._handles.move_to_end(key)
+        return self._handles[key]
+
+    async def _dispatch(self, key: tuple[str, str]) -> None:
+        try:
+            while True:
+                self._again.discard(key)
+                await self._recover_once(key)
+                self.dispatched += 1
+                if key not in self._again:
+                    return
+        except Exception:  # noqa: BLE001 - the stale-message sweep tries again later
+            self.errors += 1
+            log.exception("handing inbound messages to session %s failed", key[1])
+        finally:
+            self._dispatching.discard(key)
+
+    async def _recover_once(self, key: tuple[str, str]) -> None:
+        for attempt in range(DISPATCH_RETRIES):
+            handle = self._session(key, fresh=attempt > 0)
+            try:
+                await asyncio.wait_for(handle.recover.remote(), timeout=CALL_TIMEOUT_S)
+                return
+            except ray.exceptions.RayActorError:
+                pass  # passivated meanwhile: the next handle is a new actor
+            except ray.exceptions.RayTaskError as exc:
+                if not isinstance(getattr(exc, "cause", None), SessionPassivating):
+                    raise
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"session {key[1]} kept passivating; left to the stale-message sweep")
 
     async def _fire_due(self) -> None:
         from actors.session import session_actor
@@ -98,9 +176,10 @@ class Timekeeper:
 
     async def stats(self) -> dict[str, Any]:
         """Counters since this actor started: fired, recovered (messages re-queued), errors,
-        jobs_failed_stale, and whether it holds a Postgres pool."""
+        jobs_failed_stale, dispatched (inbound hand-overs), and whether it holds a Postgres pool."""
         return {"fired": self.fired, "recovered": self.recovered, "errors": self.errors,
-                "jobs_failed_stale": self.jobs_failed_stale, "connected": self._pool is not None}
+                "jobs_failed_stale": self.jobs_failed_stale, "dispatched": self.dispatched,
+                "connected": self._pool is not None}
 
 
 def ensure_timekeeper(env: dict[str, str] | None = None) -> Any:

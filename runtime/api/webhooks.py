@@ -2,11 +2,14 @@
 
 Every call is verified over the raw body (a bad signature is 401 and nothing is stored), parsed
 (a malformed body is 400 naming what was wrong), stored keyed by the provider's id (unique per
-channel: a duplicate delivery is 200 and nothing more), acknowledged, and only then submitted to
-the session's actor, outside the request (a provider hanging up after the 2xx must not cancel
-it; the Timekeeper re-queues a message whose submission was lost). An unknown or disabled
-channel is 404. Nothing but a channel lookup, a signature check and a few inserts happens before
-the 2xx, so providers' timeouts (Meta, Slack: a few seconds) are never approached.
+channel: a duplicate delivery is 200 and nothing more) with a Postgres NOTIFY in the same
+transaction, and acknowledged. The ingress never calls a session actor here: the Timekeeper
+listens for the notification and hands the message to the session's actor (a Ray actor call costs
+the caller's event loop several milliseconds of CPU, which a burst of deliveries would queue in
+front of every acknowledgement), and its sweep of stale messages covers a lost notification.
+An unknown or disabled channel is 404. Nothing but a channel lookup, a signature check and a few
+inserts happens before the 2xx, so providers' timeouts (Meta, Slack: a few seconds) are never
+approached.
 
 Routes: WhatsApp's GET verification handshake; POST for whatsapp, telegram, sms (Twilio), email
 (Mailgun route forward, form or multipart) and slack (Events API; ``url_verification`` answered
@@ -28,7 +31,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from runtime.api.deps import Ctx
-from runtime.api.session_calls import call_session
 from runtime.channels import whatsapp
 from runtime.channels.base import ChannelMessage, SignatureInvalid, WebhookRequest
 from runtime.channels.email import normalize_subject
@@ -159,7 +161,7 @@ async def receive(channel_type: WebhookType, channel_id: UUID, request: Request,
         parsed.messages = [_with_files(m, files) for m in parsed.messages]
     outcome = await _store(ctx, channel, parsed.messages, parsed.statuses)
     if outcome.stored:
-        task = asyncio.get_running_loop().create_task(_submit_all(ctx, outcome.stored))
+        task = asyncio.get_running_loop().create_task(_echo_all(ctx, outcome.stored))
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
     body = {"ok": True, "received": len(outcome.stored) + outcome.settled,
@@ -245,6 +247,8 @@ async def _store_one(conn: Any, channel: Any, m: ChannelMessage, idle_h: float) 
         conn, tenant_id, session["id"], channel_id, m.text, m.attachments, None, m.external_id)
     if not created:
         return None
+    if m.kind in ("message", "greeting"):
+        await msg_db.notify_inbound(conn, tenant_id, session["id"])
     if m.kind in ("opt_out", "opt_in"):
         # Twilio answers STOP/START itself (Advanced Opt-Out); the bot says nothing, and after
         # STOP nothing more is sent to the number.
@@ -253,13 +257,12 @@ async def _store_one(conn: Any, channel: Any, m: ChannelMessage, idle_h: float) 
     return _Stored(tenant_id, session["id"], row, m)
 
 
-async def _submit_all(ctx: Any, stored: list[_Stored]) -> None:
+async def _echo_all(ctx: Any, stored: list[_Stored]) -> None:
+    """The customer's messages on their sessions' event streams, for the inbox."""
     events = SessionEvents(ctx.redis)
     for s in stored:
         mid = int(s.row["id"])
         try:
             await events.publish(s.session_id, "message", f"{mid}:0", message_payload(s.row), turn=mid)
-            await call_session(s.tenant_id, s.session_id, "submit", s.message.text,
-                               external_id=s.message.external_id, attachments=s.message.attachments)
-        except Exception:  # noqa: BLE001 - the message is stored; the Timekeeper re-queues it
-            log.exception("submitting webhook message %s to session %s failed", mid, s.session_id)
+        except Exception:  # noqa: BLE001 - cosmetic: the message is stored and will be answered
+            log.warning("webhook message %s not published to session %s", mid, s.session_id)

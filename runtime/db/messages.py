@@ -237,3 +237,13 @@ async def settle_customer_message(
         "UPDATE messages SET status = $3, intent = $4 WHERE tenant_id = $1 AND id = $2",
         tenant_id, message_id, status, intent,
     )
+
+
+INBOUND_CHANNEL = "inbound"
+"""Postgres LISTEN/NOTIFY channel: a webhook stored a customer message (payload
+``<tenant_id>:<session_id>``, delivered at commit); the Timekeeper hands it to the session's actor."""
+
+
+async def notify_inbound(conn: Conn, tenant_id: UUID, session_id: UUID) -> None:
+    """Announce, at commit, a stored customer message waiting for its session's actor."""
+    await conn.execute("SELECT pg_notify($1, $2)", INBOUND_CHANNEL, f"{tenant_id}:{session_id}")
