@@ -11,6 +11,14 @@ de-duplicates URLs (fragments dropped) and byte-identical bodies.
 :meth:`Crawler.run` yields :class:`FetchedPage` (HTML, plain text, Markdown or PDF bodies under
 ``max_bytes``) and :class:`CrawlFailure` (one per URL that could not be used: HTTP errors such as
 404, off-site redirects, oversized pages, other content types, network errors).
+
+Every connection (pages, redirects, robots.txt) goes through the egress policy
+(:mod:`ingestion.egress`): private, loopback, link-local and metadata addresses are refused before
+any connect, as ``refused by the egress policy: ...``. Each HTTP request has a whole-request
+deadline (``page_deadline_s``: connect, headers and the body, so a server that trickles bytes
+cannot hold a worker; httpx's ``timeout_s`` only bounds each read), and the crawl as a whole an
+optional deadline (``job_deadline_s`` from ``started_at``): when it passes the crawl stops, yields
+one failure saying so for the start URL, and returns.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
 
 import httpx
 
+from ingestion.egress import EgressPolicy, EgressRefused, EgressTransport
 from ingestion.extract import page_links
 
 log = logging.getLogger(__name__)
@@ -36,6 +45,7 @@ HTML_TYPES = ("text/html", "application/xhtml+xml")
 TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
 PDF_TYPES = ("application/pdf",)
 MAX_REDIRECTS = 5
+ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least the first 500 KiB
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,10 @@ def normalize_url(url: str) -> str:
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
+def _norm_host(host: str) -> str:
+    return host.strip("[]").lower().rstrip(".")
+
+
 def _site(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     default = 443 if parts.scheme == "https" else 80
@@ -100,14 +114,21 @@ class Crawler:
 
     ``skipped`` counts links not followed, by reason: offsite, robots, page_limit, depth_limit,
     duplicate_content, redirect_duplicate. ``fetched`` counts HTTP requests made for pages.
-    ``client``: an httpx.AsyncClient to use (default: one created and closed by :meth:`run`).
+    ``client``: an httpx.AsyncClient to use (default: one created and closed by :meth:`run`, whose
+    transport enforces ``egress``; a client given here must bring its own
+    :class:`~ingestion.egress.EgressTransport`). ``egress``: the policy (default: refuse private
+    addresses). ``page_deadline_s``: the whole-request deadline of one HTTP request.
+    ``job_deadline_s``: stop the crawl that long after ``started_at`` (a ``time.monotonic()``
+    value; default: when :meth:`run` starts); None: no deadline.
     """
 
     def __init__(
         self, start_url: str, *, max_pages: int = 500, max_depth: int = 6,
         concurrency: int = 4, delay_s: float = 0.0, max_bytes: int = 2_000_000,
         timeout_s: float = 20.0, user_agent: str = "chat-engine-kb/0.1",
-        client: httpx.AsyncClient | None = None,
+        client: httpx.AsyncClient | None = None, egress: EgressPolicy | None = None,
+        page_deadline_s: float = 30.0, job_deadline_s: float | None = None,
+        started_at: float | None = None,
     ) -> None:
         parts = urlsplit(start_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -121,6 +142,11 @@ class Crawler:
         self.timeout_s = timeout_s
         self.user_agent = user_agent
         self._client = client
+        self.egress = egress or EgressPolicy()
+        self.page_deadline_s = page_deadline_s
+        self.job_deadline_s = job_deadline_s
+        self._started_at = started_at
+        self._deadline: float | None = None
         self._robots: urllib.robotparser.RobotFileParser | None = None
         self._robots_block_all: str | None = None
         self.skipped: Counter[str] = Counter()
@@ -132,20 +158,48 @@ class Crawler:
         self._last_start = 0.0
 
     # ---------------------------------------------------------------- robots
+    async def _get_robots(self, client: httpx.AsyncClient, robots_url: str) -> tuple[int, str]:
+        # Redirects are followed (RFC 9309), each one through the egress policy.
+        async with client.stream("GET", robots_url, follow_redirects=True) as resp:
+            if resp.status_code != 200:
+                return resp.status_code, ""
+            body = bytearray()
+            async for piece in resp.aiter_bytes():
+                body.extend(piece)
+                if len(body) >= ROBOTS_MAX_BYTES:
+                    break
+            return 200, bytes(body[:ROBOTS_MAX_BYTES]).decode(
+                resp.charset_encoding or "utf-8", errors="replace")
+
     async def _load_robots(self, client: httpx.AsyncClient) -> None:
         parts = urlsplit(self.start_url)
         robots_url = urlunsplit((parts.scheme, parts.netloc, "/robots.txt", "", ""))
+        limit = self.page_deadline_s
+        if self._deadline is not None:
+            limit = min(limit, max(0.0, self._deadline - time.monotonic()))
         try:
-            resp = await client.get(robots_url, follow_redirects=True)
+            async with asyncio.timeout(limit):
+                status, text = await self._get_robots(client, robots_url)
+        except EgressRefused as exc:
+            if _norm_host(exc.host) == (parts.hostname or "").lower():
+                self._robots_block_all = f"refused by the egress policy: {exc}"
+            else:
+                self._robots_block_all = (
+                    f"robots.txt redirected to a host refused by the egress policy: {exc}"
+                )
+            return
+        except TimeoutError:
+            self._robots_block_all = f"robots.txt did not arrive within {limit:g} s (the page deadline)"
+            return
         except httpx.HTTPError as exc:
             self._robots_block_all = f"robots.txt unreachable ({type(exc).__name__}: {exc})"
             return
-        if resp.status_code >= 500:
+        if status >= 500:
             # RFC 9309: an unreachable robots.txt means "crawl nothing" for now.
-            self._robots_block_all = f"robots.txt answered HTTP {resp.status_code}"
+            self._robots_block_all = f"robots.txt answered HTTP {status}"
             return
         rp = urllib.robotparser.RobotFileParser()
-        rp.parse(resp.text.splitlines() if resp.status_code == 200 else [])
+        rp.parse(text.splitlines() if status == 200 else [])
         self._robots = rp
         crawl_delay = rp.crawl_delay(self.user_agent)
         if crawl_delay:
@@ -175,7 +229,7 @@ class Crawler:
             await self._pace()
             self.fetched += 1
             try:
-                async with client.stream("GET", current) as resp:
+                async with asyncio.timeout(self.page_deadline_s), client.stream("GET", current) as resp:
                     if resp.is_redirect:
                         location = resp.headers.get("location", "")
                         target = normalize_url(urljoin(current, location))
@@ -219,11 +273,28 @@ class Crawler:
                         url=url, final_url=current, depth=depth, content_type=ctype,
                         body=bytes(body), encoding=resp.charset_encoding,
                     )
+            except TimeoutError:
+                return CrawlFailure(
+                    url, f"page deadline passed: the request took longer than "
+                    f"{self.page_deadline_s:g} s (CHAT_ENGINE_CRAWL_PAGE_DEADLINE_S)",
+                )
+            except EgressRefused as exc:
+                return CrawlFailure(url, f"refused by the egress policy: {exc}")
             except httpx.TimeoutException:
                 return CrawlFailure(url, f"timed out after {self.timeout_s:g} s")
+            except httpx.ConnectError as exc:
+                return CrawlFailure(url, f"could not connect ({exc})")
             except httpx.HTTPError as exc:
                 return CrawlFailure(url, f"request failed ({type(exc).__name__}: {exc})")
         return CrawlFailure(url, f"more than {MAX_REDIRECTS} redirects")
+
+    def _deadline_failure(self, pending: int) -> CrawlFailure:
+        return CrawlFailure(
+            self.start_url,
+            f"the job hit its deadline of {self.job_deadline_s:g} s "
+            f"(CHAT_ENGINE_CRAWL_JOB_DEADLINE_S): crawling stopped with {pending} URL(s) not "
+            "fetched; the pages already stored are kept",
+        )
 
     def _too_large(self, url: str, size: int | None) -> CrawlFailure:
         got = f"{size} bytes" if size is not None else "more"
@@ -256,9 +327,12 @@ class Crawler:
         """Crawl; yields results as pages arrive (order is not guaranteed)."""
         owns_client = self._client is None
         client = self._client or httpx.AsyncClient(
-            timeout=self.timeout_s, headers={"User-Agent": self.user_agent},
-            follow_redirects=False,
+            transport=EgressTransport(self.egress), timeout=self.timeout_s,
+            headers={"User-Agent": self.user_agent}, follow_redirects=False,
         )
+        if self.job_deadline_s is not None:
+            start = time.monotonic() if self._started_at is None else self._started_at
+            self._deadline = start + self.job_deadline_s
         frontier: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         out: asyncio.Queue[FetchedPage | CrawlFailure | None] = asyncio.Queue(
             maxsize=self.concurrency * 4
@@ -298,6 +372,9 @@ class Crawler:
 
         try:
             await self._load_robots(client)
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                yield self._deadline_failure(1)
+                return
             if not self.allowed(self.start_url):
                 why = self._robots_block_all or "robots.txt disallows it"
                 yield CrawlFailure(self.start_url, f"not crawled: {why}")
@@ -305,7 +382,16 @@ class Crawler:
             pending = 1
             frontier.put_nowait((self.start_url, 0))
             workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
-            while (item := await out.get()) is not None:
+            while True:
+                left = None if self._deadline is None else self._deadline - time.monotonic()
+                try:
+                    async with asyncio.timeout(left):
+                        item = await out.get()
+                except TimeoutError:
+                    yield self._deadline_failure(pending)
+                    return
+                if item is None:
+                    return
                 yield item
         finally:
             for w in workers:

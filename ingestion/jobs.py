@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from ingestion.chunking import Chunker, Section, markdown_sections, pdf_sections, text_sections
 from ingestion.crawl import Crawler, CrawlFailure, FetchedPage
+from ingestion.egress import EgressPolicy, policy_from_settings
 from ingestion.extract import extract_html
 from ingestion.pdf import read_pdf
 from ingestion.store import content_hash, store_document
@@ -44,7 +45,8 @@ class IngestSpec(BaseModel):
     """What a job ingests (stored in ``kb_jobs.spec``; files are listed by name and size).
 
     url: a website to crawl from (same-site links, robots.txt obeyed).
-    max_pages / max_depth: crawl limits (default ``crawl_max_pages`` / ``crawl_max_depth``).
+    max_pages / max_depth: crawl limits (default ``crawl_max_pages`` / ``crawl_max_depth``; an
+      owner's value above the operator's is capped to it, see :func:`crawl_limits`).
     text: pasted text; ``text_format`` markdown (``#`` headings) or plain; ``name`` is its source
       name (default ``text:<hash>``) and ``title`` its title.
     force: re-embed sources whose content has not changed (default: they are skipped).
@@ -59,6 +61,16 @@ class IngestSpec(BaseModel):
     title: str | None = Field(default=None, max_length=500)
     force: bool = False
     files: list[dict[str, Any]] = Field(default_factory=list, description="[{name, bytes}]")
+
+
+def crawl_limits(spec: IngestSpec, settings: Settings) -> tuple[int, int]:
+    """``(max_pages, max_depth)`` of a job's crawl: the owner's values where given, never above
+    the operator's ``crawl_max_pages`` / ``crawl_max_depth``."""
+    pages = settings.crawl_max_pages if spec.max_pages is None else min(
+        spec.max_pages, settings.crawl_max_pages)
+    depth = settings.crawl_max_depth if spec.max_depth is None else min(
+        spec.max_depth, settings.crawl_max_depth)
+    return pages, depth
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,7 @@ class _Runner:
     def __init__(
         self, pool: asyncpg.Pool, embedder: Any, job_id: UUID, tenant_id: UUID,
         spec: IngestSpec, settings: Settings,
-        on_progress: Callable[[JobState], None] | None,
+        on_progress: Callable[[JobState], None] | None, egress: EgressPolicy | None = None,
     ) -> None:
         self.pool = pool
         self.embedder = embedder
@@ -113,6 +125,8 @@ class _Runner:
         self._texts_seen: set[str] = set()
         self._base = 0
         self._sem = asyncio.Semaphore(max(1, settings.crawl_concurrency))
+        self.egress = egress
+        self.started_at = time.monotonic()
 
     async def chunker(self) -> Chunker:
         if self._chunker is None:
@@ -234,12 +248,15 @@ class _Runner:
 
     async def crawl(self, url: str) -> None:
         s = self.settings
+        max_pages, max_depth = crawl_limits(self.spec, s)
         crawler = Crawler(
-            url, max_pages=self.spec.max_pages or s.crawl_max_pages,
-            max_depth=s.crawl_max_depth if self.spec.max_depth is None else self.spec.max_depth,
+            url, max_pages=max_pages, max_depth=max_depth,
             concurrency=s.crawl_concurrency, delay_s=s.crawl_delay_s,
             max_bytes=s.crawl_max_page_bytes, timeout_s=s.crawl_timeout_s,
             user_agent=s.crawl_user_agent,
+            egress=self.egress or policy_from_settings(s),
+            page_deadline_s=s.crawl_page_deadline_s, job_deadline_s=s.crawl_job_deadline_s,
+            started_at=self.started_at,
         )
         crawler.skipped = self.state.skipped  # one counter for the crawler's and our skips
         tasks: set[asyncio.Task[None]] = set()
@@ -279,6 +296,9 @@ class _Runner:
 
     async def _run(self, files: list[SourceFile]) -> JobState:
         spec = self.spec
+        self.started_at = time.monotonic()
+        if spec.url and self.egress is None:
+            self.egress = policy_from_settings(self.settings)  # production refuses allow-private
         self._base = len(files) + (1 if spec.text else 0)
         self.state.discovered = self._base + (1 if spec.url else 0)
         jobs = [self.guarded(f.name, self.ingest_file(f)) for f in files]
