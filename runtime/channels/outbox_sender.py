@@ -227,7 +227,7 @@ class OutboxSender:
             async with self._pool.acquire() as conn:
                 if await contact_db.is_opted_out(conn, row["channel_id"], recipient):
                     return "opted_out: the recipient replied STOP; nothing is sent until they reply START"
-        if row["channel_type"] == "whatsapp" and row["body"].get("sender") != "system_template":
+        if row["channel_type"] == "whatsapp":
             last = row["last_customer_at"]
             window = timedelta(hours=self.settings.whatsapp_window_hours)
             if last is None or datetime.now(UTC) - last > window:
