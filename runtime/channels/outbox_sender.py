@@ -64,7 +64,7 @@ class SenderStats:
 
 def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
     """Full-jitter exponential backoff before retry ``attempt`` (1-based): a uniform draw in
-    ``[0, min(max_s, initial_s * 2**attempt))`` seconds, from tenacity."""
+    ``[0, min(max_s, initial_s * 2**(attempt - 1)))`` seconds, from tenacity."""
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = attempt
     return float(wait_random_exponential(multiplier=initial_s, max=max_s)(state))
