@@ -163,6 +163,28 @@ class Settings(BaseSettings):
     # --- rate limits (per minute) ---
     rate_limit_widget_token_per_min: int = Field(default=600, ge=1)
     rate_limit_ip_per_min: int = Field(default=120, ge=1)
+    rate_limit_failures_per_min: int = Field(
+        default=30, ge=1,
+        description="per client IP: widget session requests with an unknown token or a forbidden origin",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of reverse proxies whose X-Forwarded-For is believed (JSON list, e.g. "
+        '["10.0.0.0/8"]); from any other peer the header is ignored',
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        out = []
+        for cidr in v:
+            try:
+                out.append(str(ipaddress.ip_network(cidr.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP network: use CIDRs, e.g. 10.0.0.0/8") from None
+        return out
 
     # --- knowledge base ingestion ---
     crawl_max_pages: int = Field(default=500, ge=1)

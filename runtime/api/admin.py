@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, EmailStr, Field, ValidationError, field_validator
 
 from runtime.api.deps import Admin, Ctx, Owner
+from runtime.api.widget import normalize_origin
 from runtime.bot_config import BotConfig, BotStatus, merge_patch
 from runtime.channels.registry import adapter_for
 from runtime.db import bot_configs, channels, tenants
@@ -135,15 +136,16 @@ class ChannelCreate(BaseModel):
     @field_validator("allowed_origins")
     @classmethod
     def _origins(cls, v: list[str]) -> list[str]:
-        out = []
+        out: list[str] = []
         for origin in v:
-            o = origin.strip().rstrip("/")
-            scheme, sep, rest = o.partition("://")
-            if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            o = normalize_origin(origin)
+            if o is None:
                 raise ValueError(
-                    f"{origin!r} is not an origin: use scheme://host[:port], e.g. https://shop.example"
+                    f"{origin[:200]!r} is not an origin: use scheme://host[:port] (http or https, "
+                    "no path, query, user name, spaces, ';' or ','), e.g. https://shop.example"
                 )
-            out.append(o.lower())
+            if o not in out:
+                out.append(o)
         return out
 
 

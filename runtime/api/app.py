@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -53,23 +54,31 @@ def create_app() -> FastAPI:
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Any:
-        """Liveness and dependencies: Postgres and Redis round trips."""
+        """Liveness and dependencies: Postgres and Redis round trips.
+
+        200 ``{"status": "ok", "postgres": "ok", "redis": "ok"}``; 503 ``"degraded"`` with the
+        failing dependency ``"unavailable"`` and, under ``errors``, its exception class only
+        (the detail is logged here, never returned: the route is public).
+        """
         ctx = await get_context()
         checks: dict[str, str] = {}
-        try:
-            await db_pool.ping(ctx.pool)
-            checks["postgres"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - reported, not raised
-            checks["postgres"] = f"error: {exc}"
-        try:
-            await ctx.redis.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            checks["redis"] = f"error: {exc}"
-        healthy = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"status": "ok" if healthy else "degraded", **checks},
-            status_code=200 if healthy else 503,
-        )
+        errors: dict[str, str] = {}
+        probes: dict[str, Callable[[], Awaitable[Any]]] = {
+            "postgres": lambda: db_pool.ping(ctx.pool),
+            "redis": ctx.redis.ping,
+        }
+        for name, probe in probes.items():
+            try:
+                await probe()
+                checks[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                log.warning("healthz: %s is unavailable: %s: %s", name, type(exc).__name__, exc)
+                checks[name] = "unavailable"
+                errors[name] = type(exc).__name__
+        healthy = not errors
+        body: dict[str, Any] = {"status": "ok" if healthy else "degraded", **checks}
+        if errors:
+            body["errors"] = errors
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     return app

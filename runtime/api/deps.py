@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
@@ -27,6 +28,9 @@ from runtime.security import SessionClaims, same_secret, verify_session_token
 Ctx = Annotated[AppContext, Depends(get_context)]
 
 
+_TOKEN_RE = re.compile(r"[\x20-\x7e]{1,1024}")
+
+
 def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -35,7 +39,12 @@ def _bearer(request: Request) -> str:
             "missing API key: send `Authorization: Bearer <key>` (the key shown when the user "
             "or tenant was created)"
         )
-    return token.strip()
+    token = token.strip()
+    if not _TOKEN_RE.fullmatch(token):
+        # Keys and tokens are printable ASCII; anything else (non-ASCII, NUL, control characters)
+        # is refused here, before it reaches a comparison or a query.
+        raise Unauthorized("invalid API key: keys and tokens are printable ASCII")
+    return token
 
 
 async def require_admin(request: Request, ctx: Ctx) -> None:
