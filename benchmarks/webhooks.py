@@ -65,6 +65,19 @@ async def _paced(client: Any, channel: dict[str, Any], bodies: list[dict[str, An
     return list(await asyncio.gather(*tasks))
 
 
+async def _delivered(standins: Any, phones: list[str], expected: int, timeout_s: float) -> tuple[int, float]:
+    """Sends to ``phones`` the stand-in accepted once ``expected`` arrived or ``timeout_s`` passed,
+    and the seconds waited. Fewer is not an error by itself: a policy may hand a session to a human
+    (its later messages wait in the inbox, unanswered by the bot)."""
+    wanted = {p.lstrip("+") for p in phones}
+    start = time.perf_counter()
+    while True:
+        got = sum(1 for d in standins.deliveries("whatsapp") if d.recipient in wanted)
+        if got >= expected or time.perf_counter() - start > timeout_s:
+            return got, round(time.perf_counter() - start, 1)
+        await asyncio.sleep(0.2)
+
+
 async def _answered(standins: Any, phone: str, count: int, timeout_s: float = 120.0) -> float:
     deadline = time.perf_counter() + timeout_s
     while time.perf_counter() < deadline:
@@ -111,7 +124,8 @@ async def run(base: str, admin: str, standins: Any, quick: bool, paused: bool = 
                         "handler_ms": summary(server_paced)}
         errors = sum(1 for _, code in paced if code != 200)
         if not paused:
-            await _answered(standins, phones[-1], paced_n // contacts, timeout_s=300)
+            got, waited = await _delivered(standins, phones, paced_n, timeout_s=300)
+            out["paced"]["answers_sent"], out["paced"]["all_sent_after_s"] = got, waited
 
         # Burst: all at once (a provider flushing its retry queue), then the same as duplicates.
         n = 50 if quick else 200
@@ -127,8 +141,9 @@ async def run(base: str, admin: str, standins: Any, quick: bool, paused: bool = 
         out["burst_duplicates"] = {"ack_ms": summary([ms for ms, _ in dups]),
                                    "handler_ms": summary(server_dup)}
         errors += sum(1 for _, code in dups if code != 200)
-        for phone in phones if not paused else []:
-            await _answered(standins, phone, n // contacts, timeout_s=600)
+        if not paused:
+            got, waited = await _delivered(standins, phones, n, timeout_s=600)
+            out["burst"]["answers_sent"], out["burst"]["all_sent_after_s"] = got, waited
 
         cold, warm = [], []
         for _ in range(0 if paused else 3 if quick else 8):

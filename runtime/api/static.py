@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 import widget
 from runtime.api.admin import public_base, widget_snippet
 from runtime.api.deps import Ctx
+from runtime.api.widget import normalize_origin
 from runtime.bot_config import BotConfig
 from runtime.db import bot_configs, channels
 
@@ -88,7 +89,9 @@ async def frame(ctx: Ctx, wt: str = "") -> Response:
     if channel is None:
         return _error_page(404, "Chat not found",
                            "Unknown widget token: copy the snippet from the channel again.")
-    origins = [o for o in channel["allowed_origins"] if o]
+    # Only well-formed origins reach the CSP (rows stored before origins were validated may hold
+    # `;` or spaces, which would add directives).
+    origins = [o for o in (normalize_origin(x) for x in channel["allowed_origins"] if x) if o]
     page = _read("frame.html")[0].decode().replace("{{ALLOWED_ORIGINS}}", html.escape(" ".join(origins)))
     return HTMLResponse(page, headers={
         "Content-Security-Policy": FRAME_CSP.format(ancestors=" ".join(origins) or "'none'"),
@@ -104,7 +107,7 @@ async def widget_config(request: Request, ctx: Ctx, wt: str = "") -> Response:
 
     Answered with CORS only for the channel's allowed origins; unknown token: 404.
     """
-    origin = (request.headers.get("origin") or "").rstrip("/").lower()
+    origin = normalize_origin(request.headers.get("origin") or "") or ""
     async with ctx.pool.acquire() as conn:
         channel = await channels.channel_by_widget_token(conn, wt) if wt else None
         if channel is None:
@@ -114,7 +117,7 @@ async def widget_config(request: Request, ctx: Ctx, wt: str = "") -> Response:
             (await bot_configs.get_bot_config(conn, channel["tenant_id"]))["config"]
         )
     headers = {"Cache-Control": "no-store", "Vary": "Origin"}
-    if origin and origin in channel["allowed_origins"]:
+    if origin and origin in {normalize_origin(o) for o in channel["allowed_origins"]}:
         headers["Access-Control-Allow-Origin"] = origin
     return JSONResponse({"bot_name": cfg.bot_name, "greeting": cfg.greeting}, headers=headers)
 
