@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import Error as PlaywrightError
 
 from tests.conftest import REPO, LoopbackProxy, TenantInfo, free_port
 
@@ -215,7 +216,14 @@ async def page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[Pa
 
     async def on_request(req: Any) -> None:
         if "/v1/widget/" in req.url:
-            out.requests.append((time.monotonic(), req.url, await req.all_headers()))
+            at = time.monotonic()
+            try:
+                headers = await req.all_headers()
+            except PlaywrightError:
+                # The page closed (the test ended) before the headers came back: the listener's
+                # error would otherwise surface in the next test's context setup.
+                return
+            out.requests.append((at, req.url, headers))
 
     pg.on("dialog", on_dialog)
     pg.on("request", on_request)
