@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -280,7 +281,6 @@ def split_text(text: str, limit: int | None) -> list[str]:
 def json_object(body: bytes, provider: str) -> dict[str, Any]:
     """``body`` decoded as a JSON object. Raises MalformedPayload naming ``provider`` when it is
     not UTF-8 JSON or not an object."""
-    import json
 
     try:
         data = json.loads(body.decode("utf-8"))
@@ -317,3 +317,13 @@ def unix_time(value: Any) -> datetime | None:
         return datetime.fromtimestamp(float(value), UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
+
+
+def answer_object(body: bytes) -> dict[str, Any]:
+    """A provider's HTTP answer as a JSON object; ``{}`` when it is empty, not JSON, or not an
+    object (the status code then decides the outcome)."""
+    try:
+        data = json.loads(body.decode("utf-8")) if body else {}
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

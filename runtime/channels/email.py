@@ -45,6 +45,7 @@ from runtime.channels.base import (
     Sent,
     SignatureInvalid,
     WebhookRequest,
+    answer_object,
     hmac_hex,
     http_outcome,
     same,
@@ -296,11 +297,7 @@ class MailgunAdapter:
     def read_response(self, status: int, headers: dict[str, str], body: bytes) -> SendOutcome:
         """2xx: Sent(``id``). 429/5xx: Retry (``Retry-After``). Other 4xx: Permanent with the
         answer's ``message``."""
-        try:
-            data = json.loads(body.decode("utf-8")) if body else {}
-        except (UnicodeDecodeError, ValueError):
-            data = {}
-        data = data if isinstance(data, dict) else {}
+        data = answer_object(body)
         if 200 <= status < 300:
             return Sent(str(data["id"]) if data.get("id") else None)
         generic = http_outcome(status, headers, body)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import math
 import re
 from typing import Any
@@ -42,6 +41,7 @@ from runtime.channels.base import (
     Sent,
     SignatureInvalid,
     WebhookRequest,
+    answer_object,
     e164,
     http_outcome,
     same,
@@ -207,11 +207,7 @@ class TwilioSmsAdapter:
     def read_response(self, status: int, headers: dict[str, str], body: bytes) -> SendOutcome:
         """2xx: Sent(``sid``). 429/5xx: Retry (``Retry-After``). Other 4xx: Permanent with
         Twilio's ``code`` and ``message``; 21610 says the recipient replied STOP."""
-        try:
-            data = json.loads(body.decode("utf-8")) if body else {}
-        except (UnicodeDecodeError, ValueError):
-            data = {}
-        data = data if isinstance(data, dict) else {}
+        data = answer_object(body)
         if 200 <= status < 300:
             return Sent(str(data["sid"]) if data.get("sid") else None)
         generic = http_outcome(status, headers, body)

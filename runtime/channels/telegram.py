@@ -19,7 +19,6 @@ Config: ``{}``. Secrets: ``bot_token`` (``<digits>:<chars>`` from @BotFather) an
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -36,6 +35,7 @@ from runtime.channels.base import (
     Sent,
     SignatureInvalid,
     WebhookRequest,
+    answer_object,
     json_object,
     retry_after,
     same,
@@ -154,11 +154,7 @@ class TelegramAdapter:
         """``ok: true`` -> Sent(str(result.message_id)); 429 -> Retry after
         ``parameters.retry_after`` (or the ``Retry-After`` header); 5xx -> Retry; other errors ->
         Permanent with ``description`` (e.g. "Forbidden: bot was blocked by the user")."""
-        try:
-            data = json.loads(body.decode("utf-8")) if body else {}
-        except (UnicodeDecodeError, ValueError):
-            data = {}
-        data = data if isinstance(data, dict) else {}
+        data = answer_object(body)
         if 200 <= status < 300 and data.get("ok") is True:
             result = data.get("result")
             mid = result.get("message_id") if isinstance(result, dict) else None

@@ -20,7 +20,6 @@ Config: ``{"phone_number_id": "<digits>"}``. Secrets: ``access_token``, ``app_se
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from runtime.channels.base import (
@@ -36,6 +35,7 @@ from runtime.channels.base import (
     Sent,
     SignatureInvalid,
     WebhookRequest,
+    answer_object,
     e164,
     hmac_hex,
     http_outcome,
@@ -261,10 +261,7 @@ class WhatsAppAdapter:
         """2xx: Sent(``messages[0].id``). A Graph error: rate-limit codes retry (``Retry-After``
         if given), 131047 is permanent (the 24-hour window closed), others as
         :func:`~runtime.channels.base.http_outcome` (429/5xx retry, 4xx permanent)."""
-        try:
-            data = json.loads(body.decode("utf-8")) if body else {}
-        except (UnicodeDecodeError, ValueError):
-            data = {}
+        data = answer_object(body)
         if 200 <= status < 300:
             msgs = data.get("messages") if isinstance(data, dict) else None
             if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict) and msgs[0].get("id"):
