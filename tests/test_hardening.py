@@ -80,50 +80,55 @@ def _request(peer: str, forwarded_for: list[str] | None = None, port: int = 5000
 
 
 # ------------------------------------------------------------------ 1. /healthz
-class _FakeRedis:
-    def __init__(self, error: Exception | None) -> None:
-        self.error = error
+async def _healthz(monkeypatch: pytest.MonkeyPatch, pool: Any, redis_url: str) -> httpx.Response:
+    """``/healthz`` of an app whose context holds ``pool`` and a real Redis client on ``redis_url``
+    (real servers, or a closed loopback port for a dependency that is down)."""
+    from runtime.events import redis_client
 
-    async def ping(self) -> bool:
-        if self.error:
-            raise self.error
-        return True
-
-
-async def _healthz(monkeypatch: pytest.MonkeyPatch, pg_error: Exception | None,
-                   redis_error: Exception | None) -> httpx.Response:
-    async def ping(_: Any) -> None:
-        if pg_error:
-            raise pg_error
-
-    ctx = type("Ctx", (), {"pool": object(), "redis": _FakeRedis(redis_error)})()
+    redis = redis_client(redis_url)
+    ctx = type("Ctx", (), {"pool": pool, "redis": redis})()
 
     async def get_context() -> Any:
         return ctx
 
     monkeypatch.setattr(app_module, "get_context", get_context)
-    monkeypatch.setattr(app_module.db_pool, "ping", ping)
     transport = httpx.ASGITransport(app=app_module.create_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
-        return await c.get("/healthz")
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
+            return await c.get("/healthz")
+    finally:
+        await redis.aclose()
 
 
-async def test_healthz_names_the_failed_dependency_without_its_text(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failing dependency is "unavailable" (with its exception class) and the answer a 503; the
-    exception's text (addresses, credentials) is not in the body. Twin: all up is a 200 "ok"."""
-    secret = "postgresql://app:hunter2@10.9.8.7:5432/prod refused"
-    r = await _healthz(monkeypatch, ConnectionRefusedError(secret), None)
-    assert r.status_code == 503
-    assert r.json() == {"status": "degraded", "postgres": "unavailable", "redis": "ok",
-                        "errors": {"postgres": "ConnectionRefusedError"}}
-    assert "hunter2" not in r.text and "10.9.8.7" not in r.text
+async def test_healthz_names_the_failed_dependency_without_its_text(
+    monkeypatch: pytest.MonkeyPatch, services: Services, db: Any
+) -> None:
+    """A dependency that is down (a closed loopback port, credentials in its URL) is "unavailable"
+    with its exception class and the answer a 503; the exception's text (address, port,
+    credentials) is not in the body. Twin: the real Postgres and Redis give a 200 "ok"."""
+    import asyncpg
 
-    r = await _healthz(monkeypatch, None, TimeoutError("redis://:pw@10.1.1.1:6379 timed out"))
+    from tests.conftest import free_port
+
+    dead_pg, dead_redis = free_port(), free_port()
+    down_pool = await asyncpg.create_pool(f"postgresql://app:hunter2@127.0.0.1:{dead_pg}/prod",
+                                          min_size=0, max_size=1)
+    try:
+        r = await _healthz(monkeypatch, down_pool, services.redis_url)
+        assert r.status_code == 503
+        body = r.json()
+        assert body["postgres"] == "unavailable" and body["redis"] == "ok"
+        assert body["status"] == "degraded" and set(body["errors"]) == {"postgres"}
+        assert "hunter2" not in r.text and str(dead_pg) not in r.text
+    finally:
+        await down_pool.close()
+
+    r = await _healthz(monkeypatch, db, f"redis://:s3cretpw@127.0.0.1:{dead_redis}/0")
     assert r.status_code == 503
     assert r.json()["redis"] == "unavailable" and r.json()["postgres"] == "ok"
-    assert "10.1.1.1" not in r.text
+    assert "s3cretpw" not in r.text and str(dead_redis) not in r.text
 
-    r = await _healthz(monkeypatch, None, None)
+    r = await _healthz(monkeypatch, db, services.redis_url)
     assert r.status_code == 200
     assert r.json() == {"status": "ok", "postgres": "ok", "redis": "ok"}
 
