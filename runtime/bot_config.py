@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from runtime.fields import PATTERN_NONBLANK, WHITESPACE, Text
 from runtime.policy.config import EscalationRules, Guardrails, LeadCaptureRule
 
 BotStatus = Literal["active", "paused"]
 AnswerStrategy = Literal["auto", "generative", "extractive"]
+
+
+_NONBLANK: dict[str, JsonValue] = {"pattern": PATTERN_NONBLANK, "minLength": 1}
 
 
 class BotConfig(BaseModel):
@@ -20,13 +24,15 @@ class BotConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    bot_name: str = Field(default="Sarah", min_length=1, max_length=60)
-    business_name: str = Field(default="our company", min_length=1, max_length=120)
-    persona: str = Field(
+    # Checked (and stripped) by _strip below; the schema says the same with its pattern.
+    bot_name: Text = Field(default="Sarah", max_length=60, json_schema_extra=_NONBLANK)
+    business_name: Text = Field(default="our company", max_length=120, json_schema_extra=_NONBLANK)
+    persona: Text = Field(
         default="You are a friendly, concise customer-support assistant.", max_length=2000
     )
-    greeting: str = Field(default="Hi! Got questions? I'm Sarah", min_length=1, max_length=300)
-    language: str = Field(default="en", min_length=2, max_length=10)
+    greeting: Text = Field(default="Hi! Got questions? I'm Sarah", max_length=300,
+                           json_schema_extra=_NONBLANK)
+    language: Text = Field(default="en", min_length=2, max_length=10)
     answer_strategy: AnswerStrategy = Field(
         default="auto",
         description="generative: the model writes from the sources (every sentence grounding-checked); "
@@ -41,21 +47,21 @@ class BotConfig(BaseModel):
         description="escalated and unclaimed this long: fallback message + owner alert "
         "(default CHAT_ENGINE_SLA_MINUTES)",
     )
-    handoff_message: str = Field(
+    handoff_message: Text = Field(
         default="I'm connecting you to our team. Someone will reply here shortly.",
         min_length=1, max_length=500,
     )
-    could_not_answer_message: str = Field(
+    could_not_answer_message: Text = Field(
         default="I'm not sure about that one, so I've asked our team to help. "
         "Someone will reply here shortly.",
         min_length=1, max_length=500,
     )
-    sla_fallback_message: str = Field(
+    sla_fallback_message: Text = Field(
         default="Sorry for the wait. Our team is busy right now; we'll get back to you as soon "
         "as we can, here or by email.",
         min_length=1, max_length=500,
     )
-    paused_message: str = Field(
+    paused_message: Text = Field(
         default="Thanks for your message. Our team will get back to you here shortly.",
         min_length=1, max_length=500,
     )
@@ -63,7 +69,7 @@ class BotConfig(BaseModel):
     @field_validator("bot_name", "business_name", "greeting")
     @classmethod
     def _strip(cls, v: str) -> str:
-        v = v.strip()
+        v = v.strip(WHITESPACE)
         if not v:
             raise ValueError("must not be blank")
         return v

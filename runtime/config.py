@@ -264,6 +264,37 @@ class Settings(BaseSettings):
     outbox_batch: int = Field(default=20, ge=1, description="rows a sender claims at once")
     outbox_send_timeout_s: float = Field(default=15.0, gt=0, description="whole provider request")
 
+    # --- resource caps (beyond them: 429/503 with Retry-After, never an OOM) ---
+    max_request_body_bytes: int = Field(
+        default=1_000_000, ge=1024,
+        description="any request body except uploads and webhooks, enforced while it streams in",
+    )
+    ingest_text_max_chars: int = Field(
+        default=2_000_000, ge=1, description="`text` of one POST /v1/kb/ingest or Q&A entry",
+    )
+    max_ingestion_jobs_per_tenant: int = Field(
+        default=2, ge=1, description="queued or running ingestion jobs of one tenant at once",
+    )
+    max_active_sessions_per_tenant: int = Field(
+        default=2000, ge=1, description="live session actors of one tenant",
+    )
+    max_active_sessions_per_node: int = Field(
+        default=10_000, ge=1, description="live session actors on one Ray node",
+    )
+    max_streams_per_session: int = Field(
+        default=5, ge=1, description="open event streams (SSE) of one session",
+    )
+    max_streams_per_tenant: int = Field(
+        default=20_000, ge=1, description="open event streams (SSE) of one tenant",
+    )
+    max_turn_queue: int = Field(
+        default=20, ge=1, description="customer messages waiting behind a running turn, per session",
+    )
+    rate_limit_fail_open: bool = Field(
+        default=True,
+        description="when Redis is unreachable, let requests through (true) or refuse them with 503",
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:

@@ -7,25 +7,28 @@ from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, EmailStr, Field, ValidationError, field_validator
+from pydantic import BaseModel, EmailStr, Field, ValidationError
 
+from runtime.api.channel_setup import ChannelCreate, WidgetChannelCreate, setup_parts
+from runtime.api.contract import AUTHED, NonBlankText, error_responses, merge_patch_schema
 from runtime.api.deps import Admin, Ctx, Owner
 from runtime.api.widget import normalize_origin
 from runtime.bot_config import BotConfig, BotStatus, merge_patch
 from runtime.channels.registry import adapter_for
 from runtime.db import bot_configs, channels, tenants
 from runtime.errors import InvalidInput
+from runtime.fields import error_message
 from runtime.security import encrypt_secrets
 
-router = APIRouter(prefix="/v1", tags=["admin"])
+router = APIRouter(prefix="/v1", tags=["admin"], responses=error_responses(*AUTHED, 404, 409))
 
 
 # ---------------------------------------------------------------- tenants
 class TenantCreate(BaseModel):
     """POST /v1/tenants body."""
 
-    name: str = Field(min_length=1, max_length=200)
-    owner_name: str = Field(default="Owner", min_length=1, max_length=200)
+    name: NonBlankText = Field(max_length=200)
+    owner_name: NonBlankText = Field(default="Owner", max_length=200)
     owner_email: EmailStr | None = None
 
 
@@ -78,7 +81,10 @@ async def get_bot_config(ctx: Ctx, who: Owner) -> BotConfigOut:
         return _config_out(await bot_configs.get_bot_config(conn, who.tenant_id))
 
 
-@router.patch("/bot-config", response_model=BotConfigOut)
+@router.patch("/bot-config", response_model=BotConfigOut, openapi_extra={"requestBody": {"content": {
+    "application/json": {"schema": merge_patch_schema(BotConfig, {"status": {
+        "anyOf": [{"enum": ["active", "paused"]}, {"type": "null"}]}})},
+}}})
 async def patch_bot_config(body: dict[str, Any], ctx: Ctx, who: Owner) -> BotConfigOut:
     """JSON merge patch of the config; ``status`` (active|paused) may be patched too.
 
@@ -96,10 +102,10 @@ async def patch_bot_config(body: dict[str, Any], ctx: Ctx, who: Owner) -> BotCon
         row = await bot_configs.get_bot_config(conn, who.tenant_id, for_update=True)
         merged = merge_patch(row["config"], patch)
         try:
-            config = BotConfig.model_validate(merged)
+            config = BotConfig.model_validate(merged, strict=True)  # JSON types as the schema says
         except ValidationError as exc:
             fields = [
-                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                {"field": ".".join(str(p) for p in e["loc"]), "message": error_message(e)}
                 for e in exc.errors()
             ]
             summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
@@ -111,44 +117,6 @@ async def patch_bot_config(body: dict[str, Any], ctx: Ctx, who: Owner) -> BotCon
 
 
 # ---------------------------------------------------------------- channels
-class ChannelCreate(BaseModel):
-    """POST /v1/channels body. ``allowed_origins`` applies to widget channels; ``config`` and
-    ``secrets`` to messaging channels:
-
-    - whatsapp: config ``phone_number_id``; secrets ``access_token``, ``app_secret``, ``verify_token``
-    - telegram: secrets ``bot_token``, ``webhook_secret`` (the ``secret_token`` given to setWebhook)
-    - sms (Twilio): config ``account_sid`` and ``from_number`` or ``messaging_service_sid``;
-      secrets ``auth_token``
-    - email (Mailgun): config ``domain``, ``from_address`` (``from_name``); secrets ``api_key``,
-      ``webhook_signing_key``
-    - slack: config ``bot_user_id`` (its own messages are ignored); secrets ``bot_token``,
-      ``signing_secret``
-
-    Secrets are encrypted at rest and never returned.
-    """
-
-    type: Literal["widget", "whatsapp", "telegram", "sms", "email", "slack"]
-    name: str = Field(default="", max_length=120)
-    config: dict[str, Any] = Field(default_factory=dict)
-    secrets: dict[str, str] = Field(default_factory=dict, description="write-only credentials")
-    allowed_origins: list[str] = Field(default_factory=list, max_length=50)
-
-    @field_validator("allowed_origins")
-    @classmethod
-    def _origins(cls, v: list[str]) -> list[str]:
-        out: list[str] = []
-        for origin in v:
-            o = normalize_origin(origin)
-            if o is None:
-                raise ValueError(
-                    f"{origin[:200]!r} is not an origin: use scheme://host[:port] (http or https, "
-                    "no path, query, user name, spaces, ';' or ','), e.g. https://shop.example"
-                )
-            if o not in out:
-                out.append(o)
-        return out
-
-
 class ChannelOut(BaseModel):
     """A channel; widget channels carry their public token and the script-tag snippet."""
 
@@ -196,28 +164,37 @@ def _channel_out(row: Any, base: str, credentials: list[str] | None = None) -> C
 
 @router.post("/channels", response_model=ChannelOut, status_code=201)
 async def create_channel(body: ChannelCreate, request: Request, ctx: Ctx, who: Owner) -> ChannelOut:
-    """Create a channel. A widget channel needs at least one allowed origin."""
-    if body.type == "widget" and not body.allowed_origins:
-        raise InvalidInput(
-            "allowed_origins: a widget channel needs the origins of the sites that embed it, "
-            "e.g. [\"https://shop.example\"]",
-            field="allowed_origins",
-        )
-    config, sealed = dict(body.config), {}
-    if body.type != "widget":
-        if body.allowed_origins:
-            raise InvalidInput("allowed_origins: only widget channels have allowed origins",
-                               field="allowed_origins")
-        config = adapter_for(body.type).validate_setup(dict(body.config), dict(body.secrets))
-        sealed = {"enc": encrypt_secrets(ctx.settings, dict(body.secrets)), "keys": sorted(body.secrets)}
-    elif body.secrets:
-        raise InvalidInput("secrets: a widget channel has no credentials", field="secrets")
+    """Create a channel; the body's ``type`` says which setup it needs (see the schema):
+
+    - widget: ``allowed_origins`` (at least one)
+    - whatsapp: config ``phone_number_id``; secrets ``access_token``, ``app_secret``, ``verify_token``
+    - telegram: secrets ``bot_token``, ``webhook_secret`` (the ``secret_token`` given to setWebhook)
+    - sms (Twilio): config ``account_sid`` and ``from_number`` or ``messaging_service_sid``;
+      secrets ``auth_token``
+    - email (Mailgun): config ``domain``, ``from_address`` (``from_name``); secrets ``api_key``,
+      ``webhook_signing_key``
+    - slack: config ``bot_user_id`` (its own messages are ignored); secrets ``bot_token``,
+      ``signing_secret``
+
+    Secrets are encrypted at rest and never returned; the answer names them and, for messaging
+    channels, gives the ``webhook_url`` to register with the provider.
+    """
+    config, secrets = setup_parts(body)
+    origins: list[str] = []
+    sealed: dict[str, Any] = {}
+    if isinstance(body, WidgetChannelCreate):
+        for origin in body.allowed_origins:
+            normal = normalize_origin(origin) or origin
+            if normal not in origins:
+                origins.append(normal)
+    else:
+        config = adapter_for(body.type).validate_setup(config, secrets)
+        sealed = {"enc": encrypt_secrets(ctx.settings, secrets), "keys": sorted(secrets)}
     async with ctx.pool.acquire() as conn:
         row = await channels.create_channel(
-            conn, who.tenant_id, body.type, body.name or body.type, config, sealed,
-            body.allowed_origins,
+            conn, who.tenant_id, body.type, body.name or body.type, config, sealed, origins,
         )
-    return _channel_out(row, public_base(request, ctx), sorted(body.secrets))
+    return _channel_out(row, public_base(request, ctx), sorted(secrets))
 
 
 @router.get("/channels", response_model=list[ChannelOut])
@@ -241,7 +218,7 @@ async def get_channel(channel_id: UUID, request: Request, ctx: Ctx, who: Owner) 
 class UserCreate(BaseModel):
     """POST /v1/users body."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: NonBlankText = Field(max_length=200)
     email: EmailStr | None = None
     role: Literal["agent", "owner"] = "agent"
 

@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from runtime.api.contract import AUTHED, AfterId, NonBlankText, error_responses
 from runtime.api.deps import Ctx, Models, OwnedSession, Owner, User
 from runtime.api.session_calls import call_session
 from runtime.conversation.payloads import message_payload
@@ -18,7 +19,7 @@ from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.errors import NotFound
 
-router = APIRouter(prefix="/v1", tags=["agent"])
+router = APIRouter(prefix="/v1", tags=["agent"], responses=error_responses(*AUTHED, 404, 409))
 
 SessionStatus = Literal["ai_handled", "human_escalated", "human_assigned", "closed"]
 
@@ -39,7 +40,7 @@ class SessionSummary(BaseModel):
 
 @router.get("/sessions", response_model=list[SessionSummary])
 async def list_sessions(ctx: Ctx, who: User, status: SessionStatus | None = None,
-                        limit: int = 50) -> list[SessionSummary]:
+                        limit: int = Query(default=50, ge=1, le=500)) -> list[SessionSummary]:
     """The tenant's sessions, most recently active first (``?status=human_escalated``)."""
     async with ctx.pool.acquire() as conn:
         rows = await sess_db.list_sessions(conn, who.tenant_id, status, min(max(limit, 1), 500))
@@ -47,7 +48,7 @@ async def list_sessions(ctx: Ctx, who: User, status: SessionStatus | None = None
 
 
 @router.get("/sessions/{session_id}/messages")
-async def session_messages(s: OwnedSession, ctx: Ctx, after: int = 0) -> dict[str, Any]:
+async def session_messages(s: OwnedSession, ctx: Ctx, after: AfterId = 0) -> dict[str, Any]:
     """The conversation, including the inbox-only customer messages."""
     async with ctx.pool.acquire() as conn:
         rows = await msg_db.list_messages(conn, s.tenant_id, s.session_id, after, include_unsent=True)
@@ -64,7 +65,7 @@ async def takeover(s: OwnedSession) -> dict[str, Any]:
 class ReplyIn(BaseModel):
     """POST /v1/sessions/{id}/reply body."""
 
-    text: str = Field(min_length=1, max_length=10_000)
+    text: NonBlankText = Field(max_length=10_000)
 
 
 @router.post("/sessions/{session_id}/reply")
@@ -103,7 +104,7 @@ class EscalationOut(BaseModel):
 
 @router.get("/escalations", response_model=list[EscalationOut])
 async def list_escalations(ctx: Ctx, who: User, signal: str | None = None,
-                           limit: int = 50) -> list[EscalationOut]:
+                           limit: int = Query(default=50, ge=1, le=500)) -> list[EscalationOut]:
     """Recent escalations (``?signal=low_coverage`` lists the questions the bot could not answer)."""
     async with ctx.pool.acquire() as conn:
         rows = await esc_db.list_escalations(conn, who.tenant_id, signal, min(max(limit, 1), 500))
@@ -113,8 +114,9 @@ async def list_escalations(ctx: Ctx, who: User, signal: str | None = None,
 class KbAnswerIn(BaseModel):
     """POST /v1/escalations/{id}/add-to-kb body."""
 
-    answer: str = Field(min_length=1, max_length=20_000)
-    question: str | None = Field(default=None, description="defaults to the customer's question")
+    answer: NonBlankText = Field(max_length=20_000)
+    question: NonBlankText | None = Field(default=None, max_length=1000,
+                                          description="defaults to the customer's question")
 
 
 @router.post("/escalations/{escalation_id}/add-to-kb")

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from runtime.api.bodylimit import BodyLimitMiddleware
 from runtime.api.context import get_context
 from runtime.api.errors import install_error_handlers
 from runtime.db import pool as db_pool
@@ -38,6 +39,7 @@ def create_app() -> FastAPI:
         "agent APIs.",
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)
     for module_name, attr in ROUTERS:
         try:
             module = importlib.import_module(module_name)

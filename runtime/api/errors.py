@@ -7,25 +7,69 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from runtime.errors import ChatEngineError, RateLimited
+from runtime.fields import error_message
 
 log = logging.getLogger(__name__)
 
 
-def _field_path(loc: tuple[object, ...] | list[object]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+def _field_path(loc: tuple[object, ...] | list[object], body: object = None) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    # A discriminated union's tag (e.g. a channel body's ``type``) is not a field of the request.
+    if parts and isinstance(body, dict) and parts[0] == body.get("type") and len(loc) > 2:
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts) or "body"
+
+
+_HTTP_CODES = {400: "malformed_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route answers at ``request``'s path (Starlette's own 405 names only
+    the first matching route's), sorted; HEAD where GET is."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map ChatEngineError to ``{"error": {...}}`` with its status, and 422s to named fields."""
+    """Map ChatEngineError to ``{"error": {...}}`` with its status, 422s to named fields, and
+    the framework's own HTTP errors (404 route, 405 method, 400 unparsable body) to the same
+    envelope (405 with an ``Allow`` header naming every method of the path)."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        status = exc.status_code
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if status == 405:
+            allow = allowed_methods(app, request)
+            headers["Allow"] = ", ".join(allow)
+            detail = f"{request.method} is not allowed here; use {', '.join(allow) or 'another path'}"
+        elif status == 404 and detail == "Not Found":
+            detail = f"no route {request.url.path}: see /docs for the API"
+        elif status == 400:
+            detail = f"the body could not be parsed ({detail}): send valid JSON or form data"
+        body = {"error": {"code": _HTTP_CODES.get(status, "http_error"), "message": detail}}
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(ChatEngineError)
     async def _chat_engine_error(_: Request, exc: ChatEngineError) -> JSONResponse:
         headers = {}
-        if isinstance(exc, RateLimited):
-            headers["Retry-After"] = str(exc.retry_after_s)
+        # RateLimited always says when to retry; other errors may (CapacityExceeded, 503).
+        retry_after = (exc.retry_after_s if isinstance(exc, RateLimited)
+                       else getattr(exc, "retry_after_s", None))
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
         if exc.status_code >= 500:
             log.error("%s: %s", exc.code, exc.message)
         return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
@@ -33,7 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"field": _field_path(e.get("loc", ())), "message": e.get("msg", "invalid")}
+            {"field": _field_path(e.get("loc", ()), exc.body), "message": error_message(e)}
             for e in exc.errors()
         ]
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)

@@ -18,14 +18,20 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from runtime.api.context import MODEL_HANDLES
+from runtime.api.contract import AUTHED, NonBlankText, Text, error_responses
 from runtime.api.deps import Ctx, Owner
+from runtime.config import get_settings
 from runtime.db import kb_documents as kb_db
 from runtime.db import kb_jobs
 from runtime.errors import BackendUnavailable, InvalidInput, PayloadTooLarge
+from runtime.fields import error_message
 from runtime.retrieval import search as kb_search
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/kb", tags=["knowledge base"])
+router = APIRouter(prefix="/v1/kb", tags=["knowledge base"], responses=error_responses(*AUTHED, 404, 409))
+
+# The schema's limit; the configured one (CHAT_ENGINE_INGEST_TEXT_MAX_CHARS) applies too.
+INGEST_TEXT_MAX = get_settings().ingest_text_max_chars
 
 _watchers: set[asyncio.Task[None]] = set()
 
@@ -57,13 +63,15 @@ class IngestBody(BaseModel):
     """JSON body of POST /v1/kb/ingest (multipart form fields have the same names, plus one or
     more ``file`` / ``pdf`` uploads)."""
 
-    url: str | None = Field(default=None, description="website to crawl, e.g. https://help.shop")
+    url: str | None = Field(default=None, max_length=2000, pattern=r"^[hH][tT][tT][pP][sS]?://[\x21-\x7e]+$",
+                            description="website to crawl, e.g. https://help.shop")
     max_pages: int | None = Field(default=None, ge=1, le=100_000)
     max_depth: int | None = Field(default=None, ge=0, le=50)
-    text: str | None = Field(default=None, description="pasted text or Markdown")
+    text: NonBlankText | None = Field(default=None, max_length=INGEST_TEXT_MAX,
+                                      description="pasted text or Markdown")
     text_format: Literal["markdown", "text"] = "markdown"
-    name: str | None = Field(default=None, max_length=500, description="source name of `text`")
-    title: str | None = Field(default=None, max_length=500)
+    name: NonBlankText | None = Field(default=None, max_length=500, description="source name of `text`")
+    title: Text | None = Field(default=None, max_length=500)
     force: bool = Field(default=False, description="re-embed sources that did not change")
 
 
@@ -127,8 +135,8 @@ class ChunkOut(BaseModel):
 class QaBody(BaseModel):
     """POST /v1/kb/qa body."""
 
-    question: str = Field(min_length=1, max_length=1000)
-    answer: str = Field(min_length=1, max_length=20000)
+    question: NonBlankText = Field(max_length=1000)
+    answer: NonBlankText = Field(max_length=20_000)
 
 
 class QaOut(BaseModel):
@@ -144,8 +152,8 @@ class QaOut(BaseModel):
 class SearchBody(BaseModel):
     """POST /v1/kb/search body."""
 
-    query: str = Field(min_length=1, max_length=2000)
-    k: int = Field(default=4, ge=1, le=50)
+    query: NonBlankText = Field(max_length=2000)
+    k: int = Field(default=4, ge=1, le=50, strict=True)
 
 
 class SearchHit(BaseModel):
@@ -183,9 +191,8 @@ async def _read_ingest_request(request: Request, max_bytes: int) -> tuple[Ingest
 
     ctype = request.headers.get("content-type", "")
     files: list[SourceFile] = []
-    if ctype.startswith("multipart/form-data") or ctype.startswith(
-        "application/x-www-form-urlencoded"
-    ):
+    is_form = ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
+    if is_form:
         form = await request.form(max_files=50)
         fields: dict[str, Any] = {}
         total = 0
@@ -199,7 +206,7 @@ async def _read_ingest_request(request: Request, max_bytes: int) -> tuple[Ingest
                     )
                 files.append(SourceFile(name=value.filename or key, data=data,
                                         content_type=value.content_type))
-            elif value != "":
+            else:
                 fields[key] = value
         raw: Any = fields
     else:
@@ -210,17 +217,13 @@ async def _read_ingest_request(request: Request, max_bytes: int) -> tuple[Ingest
                 "body: send JSON {url?, text?} or multipart form data with file uploads"
             ) from None
     try:
-        body = IngestBody.model_validate(raw)
+        # JSON as the schema types it (no "5" for 5, no 0 for false); form fields are strings.
+        body = IngestBody.model_validate(raw, strict=not is_form)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InvalidInput(f"invalid ingest request: {problems}") from None
-    if body.url is not None:
-        url = body.url.strip()
-        if not url.startswith(("http://", "https://")):
-            raise InvalidInput("url: must start with http:// or https://", field="url")
-        body = body.model_copy(update={"url": url})
+        problems_l = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": error_message(e)}
+                      for e in exc.errors()]
+        problems = "; ".join(f"{f['field']}: {f['message']}" for f in problems_l)
+        raise InvalidInput(f"invalid ingest request: {problems}", fields=problems_l) from None
     if not (body.url or body.text or files):
         raise InvalidInput("nothing to ingest: give a url, text, or upload files", field="url")
     return body, files
@@ -240,11 +243,16 @@ async def _watch(ref: Any, job_id: UUID, ctx: Any) -> None:
 @router.post(
     "/ingest", response_model=JobOut, status_code=202,
     openapi_extra={"requestBody": {"content": {
-        "application/json": {"schema": IngestBody.model_json_schema()},
+        # Something to ingest: a url, text, or (multipart) files.
+        "application/json": {"schema": {**IngestBody.model_json_schema(), "anyOf": [
+            {"required": ["url"], "properties": {"url": {"type": "string"}}},
+            {"required": ["text"], "properties": {"text": {"type": "string"}}},
+        ]}},
         "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "url": {"type": "string"}, "text": {"type": "string"},
-            "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        }}},
+            "url": IngestBody.model_json_schema()["properties"]["url"]["anyOf"][0],
+            "text": IngestBody.model_json_schema()["properties"]["text"]["anyOf"][0],
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
+        }, "anyOf": [{"required": ["url"]}, {"required": ["text"]}, {"required": ["file"]}]}},
     }, "required": True}},
 )
 async def ingest(request: Request, ctx: Ctx, who: Owner) -> JobOut:
@@ -291,7 +299,7 @@ async def get_job(job_id: UUID, ctx: Ctx, who: Owner) -> JobOut:
 async def list_documents(
     ctx: Ctx, who: Owner,
     kind: Literal["web", "pdf", "text", "markdown", "qa"] | None = None,
-    limit: int = Query(default=100, ge=1, le=1000), offset: int = Query(default=0, ge=0),
+    limit: int = Query(default=100, ge=1, le=1000), offset: int = Query(default=0, ge=0, le=1_000_000_000),
 ) -> DocumentList:
     """The tenant's documents, most recently updated first."""
     async with ctx.pool.acquire() as conn:

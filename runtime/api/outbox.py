@@ -15,11 +15,12 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from runtime.api.contract import AUTHED, RowId, error_responses
 from runtime.api.deps import Ctx, User
 from runtime.db import outbox as outbox_db
 from runtime.errors import NotFound
 
-router = APIRouter(prefix="/v1/outbox", tags=["outbox"])
+router = APIRouter(prefix="/v1/outbox", tags=["outbox"], responses=error_responses(*AUTHED, 404, 409))
 
 OutboxStatus = Literal["pending", "sending", "sent", "dead"]
 
@@ -69,8 +70,8 @@ async def list_outbox(
     return [_row(r) for r in rows]
 
 
-@router.get("/{outbox_id}", response_model=OutboxRow)
-async def get_outbox_row(outbox_id: int, ctx: Ctx, who: User) -> OutboxRow:
+@router.get("/{outbox_id:int}", response_model=OutboxRow)
+async def get_outbox_row(outbox_id: RowId, ctx: Ctx, who: User) -> OutboxRow:
     """One row with its error (404 for another tenant's)."""
     async with ctx.pool.acquire() as conn:
         row = await outbox_db.get_row(conn, who.tenant_id, outbox_id)
@@ -85,8 +86,8 @@ class Redriven(BaseModel):
     redriven: int
 
 
-@router.post("/{outbox_id}/redrive", response_model=Redriven)
-async def redrive_row(outbox_id: int, ctx: Ctx, who: User) -> Redriven:
+@router.post("/{outbox_id:int}/redrive", response_model=Redriven)
+async def redrive_row(outbox_id: RowId, ctx: Ctx, who: User) -> Redriven:
     """Send a dead row again now. 404 for an unknown row; 409 when it is not dead."""
     from runtime.errors import Conflict
 

@@ -23,13 +23,14 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 from uuid import UUID
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from runtime.api.contract import COMMON, error_responses
 from runtime.api.deps import Ctx
 from runtime.channels import whatsapp
 from runtime.channels.base import ChannelMessage, SignatureInvalid, WebhookRequest
@@ -47,7 +48,7 @@ from runtime.security import decrypt_secrets
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=error_responses(*COMMON, 401, 404))
 
 WebhookType = Literal["whatsapp", "telegram", "sms", "email", "slack"]
 # Submissions run after the response; kept here so they are not garbage-collected mid-flight.
@@ -132,13 +133,21 @@ async def _channel(ctx: Any, channel_type: str, channel_id: UUID) -> tuple[Any, 
     return row, decrypt_secrets(ctx.settings, ch_db.sealed(row))
 
 
-@router.get("/whatsapp/{channel_id}", response_class=PlainTextResponse)
-async def whatsapp_handshake(channel_id: UUID, request: Request, ctx: Ctx) -> PlainTextResponse:
+@router.get("/whatsapp/{channel_id}", response_class=Response,
+            responses={200: {"description": "the challenge, echoed",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
+async def whatsapp_handshake(
+    channel_id: UUID, ctx: Ctx,
+    mode: Annotated[Literal["subscribe"], Query(alias="hub.mode")],
+    verify_token: Annotated[str, Query(alias="hub.verify_token", min_length=1, max_length=4096)],
+    challenge: Annotated[str, Query(alias="hub.challenge", min_length=1, max_length=4096)],
+) -> PlainTextResponse:
     """Meta's verification: ``?hub.mode=subscribe&hub.verify_token=...&hub.challenge=...``
-    answered with the challenge when the verify token is the channel's. Raises 401/400/404."""
+    answered with the challenge when the verify token is the channel's. Raises 401 (wrong
+    token), 404 (no such WhatsApp channel), 422 (a parameter missing)."""
     _, secrets = await _channel(ctx, "whatsapp", channel_id)
-    challenge = whatsapp.verify_handshake(dict(request.query_params), secrets)
-    return PlainTextResponse(challenge)
+    query = {"hub.mode": mode, "hub.verify_token": verify_token, "hub.challenge": challenge}
+    return PlainTextResponse(whatsapp.verify_handshake(query, secrets))
 
 
 @router.post("/{channel_type}/{channel_id}")

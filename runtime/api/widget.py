@@ -20,20 +20,26 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
+from runtime.api.contract import AUTHED, AfterId, NonBlankText, error_responses
 from runtime.api.deps import Ctx, WidgetSession
 from runtime.api.ratelimit import rate_limit
 from runtime.api.session_calls import call_session, warm_session
 from runtime.api.streams import replay_answer, session_event_stream, turn_events
 from runtime.bot_config import BotConfig
+from runtime.config import get_settings
 from runtime.conversation.payloads import message_payload
 from runtime.db import bot_configs, channels
 from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.errors import ChatEngineError, Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 from runtime.events import SessionEvents
+from runtime.fields import describe_pattern
 from runtime.security import issue_session_token, verify_session_token
 
-router = APIRouter(prefix="/v1/widget", tags=["widget"])
+router = APIRouter(prefix="/v1/widget", tags=["widget"], responses=error_responses(*AUTHED, 404, 409))
+
+# The configured limit (CHAT_ENGINE_MAX_MESSAGE_CHARS), in the schema too.
+MESSAGE_MAX_CHARS = get_settings().max_message_chars
 
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
@@ -43,42 +49,52 @@ CORS_HEADERS = {
 }
 
 
-_HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_ORIGIN_RE = re.compile(
-    rf"(?P<scheme>https?)://(?P<host>{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-f:.]+\])"
-    r"(?::(?P<port>[0-9]{1,5}))?/?"
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+_TOP_LABEL = r"[a-zA-Z](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"  # TLDs start with a letter
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_H = r"[0-9a-fA-F]{1,4}"
+_IPV6 = "|".join([
+    rf"(?:{_H}:){{7}}{_H}", rf"(?:{_H}:){{1,7}}:", rf"(?:{_H}:){{1,6}}:{_H}",
+    *(rf"(?:{_H}:){{1,{n}}}(?::{_H}){{1,{6 - n}}}" for n in range(5, 0, -1)),
+    rf":(?:(?::{_H}){{1,7}}|:)",
+])
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+ORIGIN_PATTERN = (
+    rf"^(?:[hH][tT][tT][pP][sS]?)://(?:(?:{_LABEL}\.)*{_TOP_LABEL}|{_OCTET}(?:\.{_OCTET}){{3}}"
+    rf"|\[(?:{_IPV6})\])(?::{_PORT})?/?$"
 )
+"""A web origin as the API accepts it (JSON Schema ``pattern`` of ``allowed_origins`` items and
+the server's own check): scheme://host[:port] with an optional trailing ``/``."""
+describe_pattern(ORIGIN_PATTERN, "is not an origin: use scheme://host[:port] (http or https, no path, "
+                 "query, user name, spaces, ';' or ','), e.g. https://shop.example")
+ORIGIN_MAX_CHARS = 300
+_ORIGIN_RE = re.compile(ORIGIN_PATTERN)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def normalize_origin(value: str) -> str | None:
     """``value`` as a canonical web origin, or None when it is not one.
 
-    Accepted: ``http``/``https`` ``://`` a hostname (ASCII labels; IDNs in punycode), an IPv4
-    literal or a bracketed IPv6 literal, and an optional port 1-65535, with at most one trailing
-    ``/``. Nothing else: no path, query, fragment, userinfo, spaces, ``;`` or commas (an allowed
-    origin reaches the frame page's CSP). The result is lower-case, without the trailing ``/``
-    and without the scheme's default port (``https://shop.example:443`` -> ``https://shop.example``).
+    Accepted (:data:`ORIGIN_PATTERN`, at most 300 characters, no surrounding spaces):
+    ``http``/``https`` ``://`` a hostname (ASCII labels, the last one starting with a letter; IDNs
+    in punycode), an IPv4 literal or a bracketed IPv6 literal, an optional port 1-65535, and at
+    most one trailing ``/``. Nothing else: no path, query, fragment, userinfo, spaces, ``;`` or
+    commas (an allowed origin reaches the frame page's CSP). The result is lower-case, without the
+    trailing ``/`` and without the scheme's default port (``https://shop.example:443`` ->
+    ``https://shop.example``).
     """
-    m = _ORIGIN_RE.fullmatch(value.strip().lower()) if value.isascii() else None
-    if m is None:
+    if len(value) > ORIGIN_MAX_CHARS or _ORIGIN_RE.fullmatch(value) is None:
         return None
-    scheme, host, port = m["scheme"], m["host"], m["port"]
-    if len(host) > 253:
-        return None
-    try:
-        if host.startswith("["):
-            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
-        elif re.fullmatch(r"[0-9.]+", host):
-            host = str(ipaddress.IPv4Address(host))
-    except ValueError:
-        return None
-    if port is not None:
-        number = int(port)
-        if not 1 <= number <= 65535:
-            return None
-        if number != _DEFAULT_PORTS[scheme]:
-            host = f"{host}:{number}"
+    scheme, rest = value.lower().rstrip("/").split("://", 1)
+    host, port = rest, None
+    if rest.startswith("["):
+        host, _, tail = rest.partition("]")
+        host = f"[{ipaddress.IPv6Address(host[1:]).compressed}]"
+        port = tail[1:] or None
+    elif ":" in rest:
+        host, port = rest.split(":", 1)
+    if port is not None and int(port) != _DEFAULT_PORTS[scheme]:
+        host = f"{host}:{port}"
     return f"{scheme}://{host}"
 
 
@@ -255,8 +271,10 @@ async def create_session(body: SessionCreate, request: Request, ctx: Ctx) -> Any
 class MessageIn(BaseModel):
     """POST /v1/widget/sessions/{id}/messages body."""
 
-    text: str = Field(max_length=100_000)
-    client_msg_id: str = Field(min_length=1, max_length=100)
+    text: NonBlankText = Field(max_length=MESSAGE_MAX_CHARS)
+    client_msg_id: str = Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$",
+                               description="the client's id of this message (printable ASCII): a retry "
+                               "with the same id is answered once")
 
 
 def _client_msg_turn_stream(ctx: Any, events: SessionEvents, session_id: UUID, result: dict[str, Any],
@@ -312,7 +330,8 @@ async def session_events(
 
 
 @router.get("/sessions/{session_id}/messages")
-async def list_messages(session_id: UUID, ctx: Ctx, claims: WidgetSession, after: int = 0) -> dict[str, Any]:
+async def list_messages(session_id: UUID, ctx: Ctx, claims: WidgetSession,
+                        after: AfterId = 0) -> dict[str, Any]:
     """Delivered messages with id > ``after``, oldest first (history and reconnection)."""
     async with ctx.pool.acquire() as conn:
         session = await sess_db.get_session(conn, claims.tenant_id, session_id)

@@ -100,8 +100,15 @@ def _url_variants(url: str) -> list[str]:
     return out
 
 
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+
 def _phone(value: Any, field: str) -> str:
+    """``value`` in E.164: as ``phonenumbers`` formats it, or as given when it already has the
+    E.164 shape (a new number plan the library does not know yet is still the owner's number)."""
     number = e164(value) if isinstance(value, str) else None
+    if number is None and isinstance(value, str) and E164.match(value):
+        number = value
     if number is None:
         raise InvalidInput(f"{field} must be a phone number in E.164 form, like +14155552671", field=field)
     return number

@@ -6,17 +6,24 @@ wrong and what is accepted, so the admin API can return them to the owner as the
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from runtime.fields import PATTERN_NONBLANK, WHITESPACE, Text
 
 DEFAULT_LEAD_ASK = (
     "Happy to help with that! Before I answer, could you share your email address so our team "
     "can follow up with you?"
 )
 
+_SPACES = re.compile(f"[{re.escape(WHITESPACE)}]+")
 _MAX_TERMS = 200
 _MAX_TERM_CHARS = 100
+# A term as given: its length and the list's are checked before blanks and repeats are dropped,
+# so the JSON Schema says exactly what is accepted.
+Term = Annotated[Text, Field(max_length=_MAX_TERM_CHARS)]
 
 
 def _clean_terms(values: list[str], what: str) -> list[str]:
@@ -28,7 +35,7 @@ def _clean_terms(values: list[str], what: str) -> list[str]:
     seen: set[str] = set()
     out: list[str] = []
     for raw in values:
-        term = " ".join(str(raw).split())
+        term = " ".join(_SPACES.split(str(raw).strip(WHITESPACE)))
         if not term:
             continue
         if len(term) > _MAX_TERM_CHARS:
@@ -67,13 +74,16 @@ class EscalationRules(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    keywords: list[str] = Field(default_factory=list)
+    keywords: list[Term] = Field(default_factory=list, max_length=_MAX_TERMS)
     human_request: bool = True
-    negative_sentiment_threshold: float | None = -0.6
-    max_low_coverage_turns: int = 2
-    amount_threshold: float | None = None
+    # Ranges are in the schema here and checked with their own messages by the validators below.
+    negative_sentiment_threshold: float | None = Field(
+        default=-0.6, json_schema_extra={"minimum": -1.0, "maximum": 0.0})
+    max_low_coverage_turns: int = Field(default=2, json_schema_extra={"minimum": 0, "maximum": 50})
+    amount_threshold: float | None = Field(
+        default=None, json_schema_extra={"exclusiveMinimum": 0, "exclusiveMaximum": 1e15})
     injection: bool = True
-    min_similarity: float = 0.40
+    min_similarity: float = Field(default=0.40, json_schema_extra={"minimum": 0.0, "maximum": 1.0})
 
     @field_validator("keywords")
     @classmethod
@@ -126,8 +136,12 @@ class LeadCaptureRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    topics: list[str]
-    ask_message: str = Field(default=DEFAULT_LEAD_ASK, validation_alias=AliasChoices("ask_message", "ask"))
+    # Blank topics are dropped, so at least one must not be blank (`contains` in the schema).
+    topics: list[Term] = Field(min_length=1, max_length=_MAX_TERMS, json_schema_extra={
+        "contains": {"type": "string", "pattern": PATTERN_NONBLANK}})
+    ask_message: Text = Field(default=DEFAULT_LEAD_ASK, max_length=1000,
+                              validation_alias=AliasChoices("ask_message", "ask"),
+                              json_schema_extra={"pattern": PATTERN_NONBLANK})
     required_field: Literal["email"] = "email"
 
     @field_validator("topics")
@@ -143,7 +157,7 @@ class LeadCaptureRule(BaseModel):
     @field_validator("ask_message")
     @classmethod
     def _ask(cls, v: str) -> str:
-        v = v.strip()
+        v = v.strip(WHITESPACE)
         if not v:
             raise ValueError("ask_message must not be blank; it is what the bot asks the customer")
         if len(v) > 1000:
@@ -163,9 +177,9 @@ class Guardrails(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    forbidden_topics: list[str] = Field(default_factory=list)
-    max_answer_sentences: int | None = None
-    extra_instructions: str = ""
+    forbidden_topics: list[Term] = Field(default_factory=list, max_length=_MAX_TERMS)
+    max_answer_sentences: int | None = Field(default=None, json_schema_extra={"minimum": 1, "maximum": 50})
+    extra_instructions: Text = Field(default="", max_length=2000)
 
     @field_validator("forbidden_topics")
     @classmethod
@@ -182,7 +196,7 @@ class Guardrails(BaseModel):
     @field_validator("extra_instructions")
     @classmethod
     def _extra(cls, v: str) -> str:
-        v = v.strip()
+        v = v.strip(WHITESPACE)
         if len(v) > 2000:
             raise ValueError(f"extra_instructions must be at most 2000 characters; got {len(v)}")
         return v

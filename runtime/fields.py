@@ -1,0 +1,77 @@
+"""Field types for text that people send: API request bodies and the bot's configuration.
+
+- :data:`Text`: a ``str`` without NUL (U+0000), lone surrogates or the non-characters
+  U+FFFE/U+FFFF (Postgres text and JSONB cannot hold NUL; none of them is something a person
+  meant). Refused with a validation error naming the field (422 at the API).
+- :data:`NonBlankText`: :data:`Text` with something other than :data:`WHITESPACE` in it.
+
+Both put the same rule in their JSON Schema as a ``pattern`` (ECMA-262), so an API client (or a
+fuzzer) reading ``/openapi.json`` knows what is accepted. Give lengths with ``Field(max_length=)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import Field
+
+# JSON Schema (ECMA-262) and Python agree on these, so the schema's pattern and the server's
+# check accept the same strings (Python's own ``str.isspace`` adds U+001C-U+001F and U+0085).
+WHITESPACE = "".join(
+    chr(c) for c in [9, 10, 11, 12, 13, 32, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
+                     0x202F, 0x205F, 0x3000, 0xFEFF]
+)
+_INVALID = re.compile("[\x00\ud800-\udfff\ufffe\uffff]")
+_BAD_CLASS = "\\u0000\\uFFFE\\uFFFF"
+_WS_CLASS = "".join(f"\\u{ord(c):04X}" for c in WHITESPACE)
+_PATTERN_ANY = f"^[^{_BAD_CLASS}]*$"
+_PATTERN_NONBLANK = f"^[^{_BAD_CLASS}]*[^{_BAD_CLASS}{_WS_CLASS}][^{_BAD_CLASS}]*$"
+_ANY_RE = re.compile(_PATTERN_ANY)
+PATTERN_NONBLANK = _PATTERN_NONBLANK
+"""The JSON Schema ``pattern`` of :data:`NonBlankText`, for fields that check it themselves."""
+
+Text = Annotated[str, Field(pattern=_PATTERN_ANY)]
+"""Request text without invalid code points; give its length with ``Field(max_length=...)``."""
+
+NonBlankText = Annotated[str, Field(min_length=1, pattern=_PATTERN_NONBLANK)]
+""":data:`Text` that is not only whitespace (:data:`WHITESPACE`)."""
+
+_MESSAGES = {
+    _PATTERN_ANY: "must not contain NUL (U+0000), U+FFFE or U+FFFF; remove them",
+    _PATTERN_NONBLANK: "must contain something other than whitespace, and no NUL (U+0000), "
+                       "U+FFFE or U+FFFF",
+}
+
+
+def describe_pattern(pattern: str, message: str) -> str:
+    """Register what a ``pattern`` of some field means, for :func:`error_message`. Returns
+    ``pattern``."""
+    _MESSAGES[pattern] = message
+    return pattern
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """A person's reading of one pydantic error dict (``ValidationError.errors()`` item): the
+    patterns of :data:`Text` and :data:`NonBlankText` say what they refuse instead of quoting
+    the regex; other errors keep pydantic's message."""
+    if error.get("type") == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern")
+        if pattern in _MESSAGES:
+            return _MESSAGES[pattern]
+    return str(error.get("msg", "invalid"))
+
+
+def valid_text(value: str, field: str) -> str:
+    """``value`` if it has no invalid code points. Raises InvalidInput naming ``field`` (for text
+    read outside a pydantic model, e.g. multipart form fields)."""
+    from runtime.errors import InvalidInput
+
+    bad = _INVALID.search(value)
+    if bad is not None:
+        raise InvalidInput(f"{field}: contains U+{ord(bad.group()):04X} at position {bad.start()}; "
+                           "NUL, lone surrogates and U+FFFE/U+FFFF are not allowed in text", field=field)
+    if _ANY_RE.fullmatch(value) is None:  # pragma: no cover - the same rule
+        raise InvalidInput(f"{field}: invalid text", field=field)
+    return value
