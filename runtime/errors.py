@@ -140,3 +140,39 @@ class DependencyUnavailable(ChatEngineError):
 
     status_code = 503
     code = "dependency_unavailable"
+
+
+class TurnQueueFull(RateLimited):
+    """Too many customer messages already wait for an answer in this conversation (429); the
+    message was not stored. ``retry_after_s``: seconds after which sending it again may work."""
+
+    code = "turn_queue_full"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised in the actor, re-raised at the ingress
+        return (type(self), (self.message, self.retry_after_s))
+
+
+class TooManyStreams(RateLimited):
+    """Too many open event streams for this session or tenant (429); ``retry_after_s`` says when
+    a slot may have freed (a closed stream frees its slot at once)."""
+
+    code = "too_many_streams"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.retry_after_s))
+
+
+class CapacityExceeded(ChatEngineError):
+    """No room for another active conversation: the tenant's or the node's cap of live session
+    actors is reached (503). ``retry_after_s``: seconds after which a retry may find room (idle
+    conversations are passivated and free their place)."""
+
+    status_code = 503
+    code = "capacity_exceeded"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised in the Timekeeper or an actor, crosses Ray
+        return (type(self), (self.message, self.retry_after_s))
