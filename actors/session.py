@@ -9,6 +9,11 @@ models, and the process exit after passivation.
 Light process: no torch, sentence-transformers or llama_cpp here; models are reached through
 Serve handles. Methods return JSON-safe dicts; errors are ChatEngineError subclasses (the ingress
 unwraps them from Ray's wrapper).
+
+Caps: whoever would create a session's actor (the ingress, the Timekeeper) first calls
+:func:`admit_session`, which reserves a place under the tenant's and the node's caps of live actors
+(:mod:`runtime.conversation.capacity`) or raises CapacityExceeded; a session whose actor exists is
+never refused. The actor keeps its lease while active and gives it back when it passivates.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from typing import Any
 from uuid import UUID
 
 import ray
+import redis.asyncio as aioredis
 
 from runtime.answering.intents import IntentClassifier
-from runtime.config import get_settings
+from runtime.config import Settings, get_settings
 from runtime.constants import APP_NAME, EMBEDDER_DEPLOYMENT, GENERATOR_DEPLOYMENT, NAMESPACE
+from runtime.conversation.capacity import admit_actor
 from runtime.conversation.conversation import Conversation
 from runtime.conversation.ports import ServeModels
+from runtime.errors import CapacityExceeded
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,7 @@ class SessionActor:
         if _INTENTS is None:  # its example embeddings are computed once per process
             _INTENTS = IntentClassifier(models.embed_many)
         self.conv = Conversation(UUID(tenant_id), UUID(session_id), settings=settings, models=models,
-                                 intents=_INTENTS)
+                                 intents=_INTENTS, node_id=node_id())
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._warm()), loop.create_task(self._idle_watch())]
 
@@ -126,8 +134,9 @@ class SessionActor:
         return await self.conv.recover()
 
     async def passivate(self, force: bool = False) -> dict[str, Any]:
-        """Persist and exit. Refused (``{"passivated": False}``) while a turn runs or, unless
-        ``force``, while the session waits for an agent."""
+        """Persist and exit. Refused (``{"passivated": False}``) while a turn runs or waits or a
+        call is in flight. An escalated session passivates too (its SLA timer is durable);
+        ``force`` changes nothing now."""
         await self.conv.activate()
         status = self.conv.live.record.status if self.conv.live else None
         ok = await self.conv.passivate(force)
@@ -137,6 +146,44 @@ class SessionActor:
 
 
 _REMOTE: Any = None
+_NODE_ID: str | None = None
+
+
+def node_id() -> str:
+    """This process's Ray node id (hex), where a zero-CPU actor it creates is placed when the
+    node can take it."""
+    global _NODE_ID
+    if _NODE_ID is None:
+        _NODE_ID = str(ray.get_runtime_context().get_node_id())
+    return _NODE_ID
+
+
+def actor_exists(tenant_id: Any, session_id: Any) -> bool:
+    """Whether the session's named actor is registered (alive, starting or restarting). A
+    blocking call to Ray's control store: run it in a thread from async code."""
+    try:
+        ray.get_actor(actor_name(tenant_id, session_id), namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+async def admit_session(redis: aioredis.Redis, settings: Settings, tenant_id: Any,
+                        session_id: Any) -> None:
+    """Let the session have an actor under the caps of live actors (per tenant, per node); call
+    before :func:`session_actor` would create one.
+
+    A session with a live lease passes at once; otherwise a place is reserved on this process's
+    node. When the caps are reached, a session whose actor exists all the same (its lease lapsed,
+    say while Redis was away) still passes: an existing actor is always reachable. Raises
+    CapacityExceeded (503, ``retry_after_s``) otherwise, DependencyUnavailable when Redis is
+    unreachable and ``rate_limit_fail_open`` is off.
+    """
+    try:
+        await admit_actor(redis, settings, tenant_id, session_id, node_id())
+    except CapacityExceeded:
+        if not await asyncio.to_thread(actor_exists, tenant_id, session_id):
+            raise
 
 
 def session_actor(tenant_id: Any, session_id: Any, env: dict[str, str] | None = None) -> Any:

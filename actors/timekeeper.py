@@ -14,6 +14,11 @@ session actor's ``recover`` (queue its unanswered messages, in order), one call 
 session (a notification arriving meanwhile runs one more). The ingress thus acknowledges a
 webhook without a Ray call of its own; a notification lost while this actor restarts is covered
 by the stale-message sweep.
+
+Caps: a session without an actor is admitted under the caps of live actors first
+(:func:`actors.session.admit_session`). Beyond them nothing is lost: a channel message stays
+stored and ``received`` (the stale-message sweep hands it over once there is room), a due timer
+stays in its table (the next poll fires it); ``deferred`` counts these.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from runtime.db import kb_jobs as kb_db
 from runtime.db import messages as msg_db
 from runtime.db import timers as timer_db
 from runtime.db.pool import create_pool
-from runtime.errors import SessionPassivating
+from runtime.errors import CapacityExceeded, SessionPassivating
+from runtime.events import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,9 @@ class Timekeeper:
         self.errors = 0
         self.jobs_failed_stale = 0
         self.dispatched = 0
+        self.deferred = 0
         self._pool: Any = None
+        self._redis: Any = None
         self._listener: Any = None
         self._handles: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._dispatching: set[tuple[str, str]] = set()
@@ -100,15 +108,25 @@ class Timekeeper:
         self._dispatch_tasks.add(task)
         task.add_done_callback(self._dispatch_tasks.discard)
 
-    def _session(self, key: tuple[str, str], fresh: bool = False) -> Any:
-        from actors.session import session_actor
+    async def _session(self, key: tuple[str, str], fresh: bool = False) -> Any:
+        """The session's actor handle (cached unless ``fresh``); a new one only after admission
+        under the caps. Raises CapacityExceeded."""
+        from actors.session import admit_session, session_actor
 
         if fresh or key not in self._handles:
+            if self._redis is None:
+                assert self.settings.redis_url is not None
+                self._redis = redis_client(str(self.settings.redis_url))
+            await admit_session(self._redis, self.settings, *key)
             self._handles[key] = session_actor(*key)
             if len(self._handles) > HANDLE_CACHE_MAX:
                 self._handles.popitem(last=False)
         self._handles.move_to_end(key)
         return self._handles[key]
+
+    def _deferred(self, key: tuple[str, str], what: str, exc: CapacityExceeded) -> None:
+        self.deferred += 1
+        log.info("session %s: %s deferred, at capacity (%s)", key[1], what, exc.message)
 
     async def _dispatch(self, key: tuple[str, str]) -> None:
         try:
@@ -118,6 +136,8 @@ class Timekeeper:
                 self.dispatched += 1
                 if key not in self._again:
                     return
+        except CapacityExceeded as exc:  # the message stays stored; the sweep hands it over
+            self._deferred(key, "inbound hand-over", exc)
         except Exception:  # noqa: BLE001 - the stale-message sweep tries again later
             self.errors += 1
             log.exception("handing inbound messages to session %s failed", key[1])
@@ -126,7 +146,7 @@ class Timekeeper:
 
     async def _recover_once(self, key: tuple[str, str]) -> None:
         for attempt in range(DISPATCH_RETRIES):
-            handle = self._session(key, fresh=attempt > 0)
+            handle = await self._session(key, fresh=attempt > 0)
             try:
                 await asyncio.wait_for(handle.recover.remote(), timeout=CALL_TIMEOUT_S)
                 return
@@ -139,29 +159,31 @@ class Timekeeper:
         raise RuntimeError(f"session {key[1]} kept passivating; left to the stale-message sweep")
 
     async def _fire_due(self) -> None:
-        from actors.session import session_actor
-
         async with self._pool.acquire() as conn:
             due = await timer_db.due_timers(conn)
         for t in due:
+            key = (str(t["tenant_id"]), str(t["session_id"]))
             try:
-                ref = session_actor(t["tenant_id"], t["session_id"]).fire_timer.remote(t["kind"])
+                ref = (await self._session(key, fresh=True)).fire_timer.remote(t["kind"])
                 res = await asyncio.wait_for(ref, timeout=CALL_TIMEOUT_S)
                 self.fired += int(bool(res.get("fired")))
+            except CapacityExceeded as exc:  # the row stays; the next poll fires it
+                self._deferred(key, f"{t['kind']} timer", exc)
             except Exception:  # noqa: BLE001 - the row stays; retried at the next poll
                 self.errors += 1
                 log.exception("firing a timer failed")
 
     async def _recover_stale(self) -> None:
-        from actors.session import session_actor
-
         async with self._pool.acquire() as conn:
             stale = await msg_db.sessions_with_stale_messages(conn, self.settings.stale_message_s)
         for s in stale:
+            key = (str(s["tenant_id"]), str(s["session_id"]))
             try:
-                ref = session_actor(s["tenant_id"], s["session_id"]).recover.remote()
+                ref = (await self._session(key, fresh=True)).recover.remote()
                 res = await asyncio.wait_for(ref, timeout=CALL_TIMEOUT_S)
                 self.recovered += int(res.get("requeued", 0))
+            except CapacityExceeded as exc:  # the messages stay stored; retried at the next poll
+                self._deferred(key, "stale-message hand-over", exc)
             except Exception:  # noqa: BLE001 - retried at the next poll
                 self.errors += 1
                 log.exception("re-queueing stale messages failed")
@@ -176,10 +198,12 @@ class Timekeeper:
 
     async def stats(self) -> dict[str, Any]:
         """Counters since this actor started: fired, recovered (messages re-queued), errors,
-        jobs_failed_stale, dispatched (inbound hand-overs), and whether it holds a Postgres pool."""
+        jobs_failed_stale, dispatched (inbound hand-overs), deferred (hand-overs and timers put
+        off because the caps of live actors were reached; retried later), and whether it holds
+        a Postgres pool."""
         return {"fired": self.fired, "recovered": self.recovered, "errors": self.errors,
                 "jobs_failed_stale": self.jobs_failed_stale, "dispatched": self.dispatched,
-                "connected": self._pool is not None}
+                "deferred": self.deferred, "connected": self._pool is not None}
 
 
 def ensure_timekeeper(env: dict[str, str] | None = None) -> Any:

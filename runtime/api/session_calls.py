@@ -1,8 +1,11 @@
-"""Calling a session's actor from the ingress: activation, passivation races, unwrapped errors."""
+"""Calling a session's actor from the ingress: activation, passivation races, unwrapped errors,
+and the caps of live session actors (a new actor is admitted first, an existing one never
+refused)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import OrderedDict
 from typing import Any
@@ -10,13 +13,17 @@ from uuid import UUID
 
 import ray
 
-from actors.session import session_actor
+from actors.session import admit_session, session_actor
 from actors.timekeeper import ensure_timekeeper
-from runtime.errors import ChatEngineError, SessionPassivating
+from runtime.api.context import get_context
+from runtime.errors import CapacityExceeded, ChatEngineError, SessionPassivating
+
+log = logging.getLogger(__name__)
 
 _HANDLES: OrderedDict[tuple[str, str], Any] = OrderedDict()
 _HANDLE_CACHE_MAX = 10_000
 _timekeeper_started = False
+_WARMING: set[asyncio.Task[None]] = set()
 # A passivating actor refuses calls until it has exited; the next handle is a new actor.
 PASSIVATION_RETRIES = 40
 PASSIVATION_BACKOFF_S = 0.05
@@ -28,7 +35,9 @@ def worker_env() -> dict[str, str]:
             if k.startswith(("CHAT_ENGINE_", "HF_", "TRANSFORMERS_", "TOKENIZERS_"))}
 
 
-def _handle(tenant_id: UUID, session_id: UUID, fresh: bool = False) -> Any:
+async def _handle(tenant_id: UUID, session_id: UUID, fresh: bool = False) -> Any:
+    """The session actor's handle: the cached one, or (``fresh``, or none cached) one got or
+    created after admission under the caps. Raises CapacityExceeded (nothing created)."""
     global _timekeeper_started
     if not _timekeeper_started:
         ensure_timekeeper()
@@ -37,6 +46,8 @@ def _handle(tenant_id: UUID, session_id: UUID, fresh: bool = False) -> Any:
     if not fresh and key in _HANDLES:
         _HANDLES.move_to_end(key)
         return _HANDLES[key]
+    ctx = await get_context()
+    await admit_session(ctx.redis, ctx.settings, tenant_id, session_id)
     handle = session_actor(tenant_id, session_id, worker_env())
     _HANDLES[key] = handle
     if len(_HANDLES) > _HANDLE_CACHE_MAX:
@@ -53,11 +64,13 @@ async def call_session(tenant_id: UUID, session_id: UUID, method: str, *args: An
     """Call ``method`` on the session's actor, activating it if it was passivated.
 
     A call that meets a passivating or exited actor is retried on the actor that replaces it.
-    Raises what the actor raises (ChatEngineError subclasses, unwrapped from Ray's wrapper).
+    Raises CapacityExceeded (503, ``retry_after_s``) when the session has no actor and the
+    tenant's or node's cap of live actors is reached, and what the actor raises
+    (ChatEngineError subclasses, unwrapped from Ray's wrapper).
     """
     last: BaseException | None = None
     for attempt in range(PASSIVATION_RETRIES):
-        handle = _handle(tenant_id, session_id, fresh=attempt > 0)
+        handle = await _handle(tenant_id, session_id, fresh=attempt > 0)
         try:
             return await getattr(handle, method).remote(*args, **kwargs)
         except ray.exceptions.RayActorError as exc:
@@ -74,6 +87,18 @@ async def call_session(tenant_id: UUID, session_id: UUID, method: str, *args: An
 
 
 def warm_session(tenant_id: UUID, session_id: UUID) -> None:
-    """Start the session's actor now (fire and forget), so the customer's first message does not
-    wait for a process to start."""
-    _handle(tenant_id, session_id).ping.remote()
+    """Start the session's actor now (fire and forget, from a running event loop), so the
+    customer's first message does not wait for a process to start. Beyond the caps nothing is
+    started; the first message is then answered with the 503."""
+    task = asyncio.get_running_loop().create_task(_warm(tenant_id, session_id))
+    _WARMING.add(task)
+    task.add_done_callback(_WARMING.discard)
+
+
+async def _warm(tenant_id: UUID, session_id: UUID) -> None:
+    try:
+        (await _handle(tenant_id, session_id)).ping.remote()
+    except CapacityExceeded as exc:
+        log.info("session %s not warmed: %s", session_id, exc.message)
+    except Exception:  # noqa: BLE001 - warming is an optimisation; the first call starts it
+        log.warning("session %s not warmed", session_id, exc_info=True)

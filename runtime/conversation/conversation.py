@@ -10,6 +10,14 @@ themselves by one lock; turns are paused while one runs.
 Activation loads the session and re-queues its unanswered messages; transient failures (Postgres
 or Redis briefly down) are retried with backoff; a failed activation is not remembered. During
 passivation calls are refused with SessionPassivating (the caller retries on the next actor).
+
+Caps: a live conversation holds a lease under its tenant's and node's caps of live actors
+(:mod:`runtime.conversation.capacity`), refreshed while active and given back on passivation.
+At most ``max_turn_queue`` customer messages wait behind the running turn: a widget message
+beyond that is refused (:class:`runtime.errors.TurnQueueFull`, 429) before anything is stored.
+Messages already stored (a channel's webhook stored them; re-queued on activation or by
+:meth:`Conversation.recover`) are never refused. Escalated conversations passivate like any
+other: their SLA timer is a ``timers`` row the Timekeeper fires on a fresh activation.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from runtime.answering.intents import IntentClassifier
 from runtime.config import Settings
+from runtime.conversation.capacity import LEASE_REFRESH_S, hold_lease, release_lease
 from runtime.conversation.control import TurnControl
 from runtime.conversation.delivery import delivery_for, send_message
 from runtime.conversation.escalation import Escalation, SlaTimer, escalate, now, stop_task
@@ -42,23 +51,27 @@ from runtime.db import escalations as esc_db
 from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.db import timers as timer_db
-from runtime.errors import Conflict, DependencyUnavailable, SessionPassivating
+from runtime.errors import Conflict, DependencyUnavailable, SessionPassivating, TurnQueueFull
 from runtime.policy import make_canary
 from runtime.retrieval import search
 
 log = logging.getLogger(__name__)
 
 ABORT_WAIT_S = 10.0
+# A refused message (too many waiting) may be sent again after this many seconds.
+TURN_QUEUE_RETRY_AFTER_S = 5
 
 
 class Conversation:
     """The session ``session_id`` of ``tenant_id``. models: embeddings and generation (Serve
     handles in the actor); intents: the process's shared intent classifier; opener: opens the
-    pool and Redis client (default :func:`open_resources`)."""
+    pool and Redis client (default :func:`open_resources`); node_id: the Ray node the actor runs
+    on (its lease under the node's cap; None: the tenant's cap only)."""
 
     def __init__(self, tenant_id: UUID, session_id: UUID, *, settings: Settings, models: ModelPorts,
                  intents: IntentClassifier,
-                 opener: Callable[[Settings], Awaitable[Resources]] = open_resources) -> None:
+                 opener: Callable[[Settings], Awaitable[Resources]] = open_resources,
+                 node_id: str | None = None) -> None:
         self.tenant_id = tenant_id
         self.session_id = session_id
         self.settings = settings
@@ -78,6 +91,8 @@ class Conversation:
         self._submit_lock = asyncio.Lock()
         self.current: TurnControl | None = None
         self._worker: asyncio.Task[None] | None = None
+        self.node_id = node_id
+        self._lease: asyncio.Task[None] | None = None
         self.closing = False
         self.in_flight = 0
         self.last_activity = time.monotonic()
@@ -107,7 +122,9 @@ class Conversation:
                         "Redis is unreachable; try again shortly") from exc
                 raise
             self.live = live
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+            loop = asyncio.get_running_loop()
+            self._worker = loop.create_task(self._work())
+            self._lease = loop.create_task(self._hold_lease(live))
             return live
 
     async def _load(self) -> LiveSession:
@@ -164,6 +181,16 @@ class Conversation:
                 self.queued.discard(message_id)
                 self.last_activity = time.monotonic()
 
+    async def _hold_lease(self, live: LiveSession) -> None:
+        """Keep this conversation's place under the live-actor caps while it is active."""
+        while True:
+            try:
+                await hold_lease(live.events.redis, self.tenant_id, self.session_id, self.node_id)
+            except Exception as exc:  # noqa: BLE001 - Redis hiccup: the next refresh writes it
+                log.warning("session %s: actor lease not refreshed (%s)", self.session_id,
+                            type(exc).__name__)
+            await asyncio.sleep(LEASE_REFRESH_S)
+
     # ------------------------------------------------------------------ call plumbing
     @contextlib.asynccontextmanager
     async def _call(self) -> AsyncIterator[LiveSession]:
@@ -209,7 +236,11 @@ class Conversation:
 
         Returns ``{"message_id", "duplicate", "status", "answer"}``; ``answer`` is the delivered
         reply (a message dict) for a duplicate already answered. The insert and the enqueue finish
-        even if the caller is cancelled. Raises SessionNotFound for a client_msg_id/external_id
+        even if the caller is cancelled. Raises TurnQueueFull (429, ``retry_after_s``) when
+        ``settings.max_turn_queue`` messages already wait behind the running turn: the message is
+        not stored (its insert is rolled back; a repeat of a stored ``client_msg_id`` is still
+        answered as a duplicate). A message with an ``external_id`` (a channel's, acknowledged to
+        its provider) is never refused. Raises SessionNotFound for a client_msg_id/external_id
         owned by another session, DependencyUnavailable/what asyncpg raises if Postgres is down
         (then nothing was stored).
         """
@@ -221,9 +252,12 @@ class Conversation:
         async with self._submit_lock:
             r = live.record
             async with live.pool.acquire() as conn:
-                row, created = await msg_db.insert_customer_message(
-                    conn, r.tenant_id, r.session_id, r.channel_id, text, attachments or [],
-                    client_msg_id, external_id)
+                async with conn.transaction():
+                    row, created = await msg_db.insert_customer_message(
+                        conn, r.tenant_id, r.session_id, r.channel_id, text, attachments or [],
+                        client_msg_id, external_id)
+                    if created and external_id is None:
+                        self._check_turn_queue()  # raising rolls the insert back
                 answer = None
                 if not created and row["status"] != "received":
                     reply = await msg_db.answer_to(conn, r.tenant_id, row["id"])
@@ -238,6 +272,16 @@ class Conversation:
                 if row["status"] == "received":
                     self._enqueue(mid)
             return {"message_id": mid, "duplicate": not created, "status": row["status"], "answer": answer}
+
+    def _check_turn_queue(self) -> None:
+        """Raise TurnQueueFull when ``max_turn_queue`` messages already wait (not counting the
+        running turn's)."""
+        waiting, cap = self.queue.qsize(), self.settings.max_turn_queue
+        if waiting >= cap:
+            raise TurnQueueFull(
+                f"{waiting} messages are already waiting for an answer in this conversation (at "
+                f"most {cap}); this one was not sent: wait for the answers, then send it again",
+                retry_after_s=TURN_QUEUE_RETRY_AFTER_S)
 
     async def handoff(self, reason: str = "The customer asked for a human.") -> dict[str, Any]:
         """The "Talk to a human" button: escalate now, aborting a running answer."""
@@ -371,24 +415,35 @@ class Conversation:
         return time.monotonic() - self.last_activity
 
     def can_passivate(self, force: bool = False) -> bool:
-        """True when nothing runs or waits, and (unless ``force``) no agent is awaited."""
-        busy = self.current is not None or not self.queue.empty() or self.in_flight > 0
-        waiting = self.live is not None and self.live.record.status == "human_escalated"
-        return not busy and (force or not waiting)
+        """True when nothing runs or waits (no turn running or queued, no call in flight).
+
+        A conversation waiting for an agent (``human_escalated``) passivates like any other:
+        its SLA timer is the stored ``timers`` row, which the Timekeeper fires on a fresh
+        activation, and an agent's takeover or reply activates it again. ``force`` is accepted
+        for callers written when it overrode that wait; it changes nothing now.
+        """
+        del force
+        return self.current is None and self.queue.empty() and self.in_flight == 0
 
     async def passivate(self, force: bool = False) -> bool:
-        """Refuse new calls, persist, release everything. False (and nothing changed) when
-        :meth:`can_passivate` says no. The caller then ends the process/actor."""
+        """Refuse new calls, persist, give back the actor's place under the caps, release
+        everything. False (and nothing changed) when :meth:`can_passivate` says no. The caller
+        then ends the process/actor."""
         if self.closing or not self.can_passivate(force):
             return False
         self.closing = True
         await stop_task(self._worker)
+        await stop_task(self._lease)
         with contextlib.suppress(Exception):
             if self.live is not None:
                 self.live.sla.cancel()
                 async with self.live.pool.acquire() as conn:
                     await sess_db.update_session(conn, self.tenant_id, self.session_id,
                                                  state=self.live.state.dump())
+        with contextlib.suppress(Exception):
+            if self.live is not None:
+                await release_lease(self.live.events.redis, self.tenant_id, self.session_id,
+                                    self.node_id)
         with contextlib.suppress(Exception):
             if self._resources is not None:
                 await self._resources.close()
