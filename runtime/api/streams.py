@@ -2,20 +2,143 @@
 
 HTTP handlers only read the session's stream (the actor writes it), so a dropped connection never
 aborts an answer, and any ingress replica can serve any stream.
+
+Caps on open event streams (``GET .../events``), per session (``max_streams_per_session``) and per
+tenant (``max_streams_per_tenant``): each open stream holds a slot, a member of two Redis sorted
+sets (``chat:streams:s:<session_id>``, ``chat:streams:t:<tenant_id>``) scored by its lease's
+expiry. :func:`acquire_stream_slot` takes one before the response starts (beyond a cap: 429
+TooManyStreams with ``Retry-After``, and no stream); the stream refreshes it every
+:data:`KEEPALIVE_S` and releases it when it ends, the client disconnects or the response is
+cancelled. A replica killed with streams open leaks nothing: expired slots are pruned before
+every count, within :data:`STREAM_LEASE_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
+import anyio
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from runtime.config import Settings
+from runtime.errors import DependencyUnavailable, TooManyStreams
 from runtime.events import TERMINAL_KINDS, SessionEvent, SessionEvents
 
+log = logging.getLogger(__name__)
+
 KEEPALIVE_S = 10.0
+STREAM_LEASE_S = 3 * KEEPALIVE_S  # a slot not refreshed for this long is free again
+STREAM_RETRY_AFTER_S = 10
+_SLOT_KEY_TTL_S = 3600
+
+# KEYS: session set, tenant set. ARGV: now, lease expiry, session cap, tenant cap, slot, key TTL.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -2 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 0
+"""
+
+
+def session_streams_key(session_id: Any) -> str:
+    """Redis sorted set of the session's open event streams."""
+    return f"chat:streams:s:{session_id}"
+
+
+def tenant_streams_key(tenant_id: Any) -> str:
+    """Redis sorted set of the tenant's open event streams."""
+    return f"chat:streams:t:{tenant_id}"
+
+
+class StreamSlot:
+    """One open event stream's place under the caps (``slot_id`` in both sets; ``redis`` None:
+    an unaccounted slot, Redis being unreachable when it was taken). :meth:`release` is
+    idempotent."""
+
+    def __init__(self, redis: aioredis.Redis | None, tenant_id: Any, session_id: Any) -> None:
+        self.redis = redis
+        self.keys = (session_streams_key(session_id), tenant_streams_key(tenant_id))
+        self.slot_id = uuid.uuid4().hex
+        self.refreshed_at = time.monotonic()
+        self.released = False
+
+    async def refresh(self, every_s: float = KEEPALIVE_S) -> None:
+        """Extend the lease to :data:`STREAM_LEASE_S` from now, at most once per ``every_s``
+        seconds. A Redis error is logged (the next refresh tries again)."""
+        if self.redis is None or self.released or time.monotonic() - self.refreshed_at < every_s:
+            return
+        self.refreshed_at = time.monotonic()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in self.keys:
+                    pipe.zadd(key, {self.slot_id: time.time() + STREAM_LEASE_S})
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("event stream slot not refreshed (%s)", type(exc).__name__)
+
+    async def release(self) -> None:
+        """Give the slot back, even from a cancelled task (shielded). Errors are logged: the
+        lease then expires on its own."""
+        if self.redis is None or self.released:
+            return
+        self.released = True
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key in self.keys:
+                        pipe.zrem(key, self.slot_id)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("event stream slot not released (%s); it expires in %.0f s",
+                            type(exc).__name__, STREAM_LEASE_S)
+
+
+async def acquire_stream_slot(redis: aioredis.Redis, settings: Settings, tenant_id: Any,
+                              session_id: Any) -> StreamSlot:
+    """A slot for one more open event stream of ``session_id`` (of ``tenant_id``).
+
+    Raises TooManyStreams (429, ``retry_after_s`` = :data:`STREAM_RETRY_AFTER_S`) when the
+    session has ``max_streams_per_session`` open streams or the tenant ``max_streams_per_tenant``;
+    with Redis unreachable, an unaccounted slot (``rate_limit_fail_open``, the default) or
+    DependencyUnavailable (503).
+    """
+    slot = StreamSlot(redis, tenant_id, session_id)
+    now = time.time()
+    try:
+        res = int(await redis.eval(  # type: ignore[misc]
+            _ACQUIRE, 2, *slot.keys, now, now + STREAM_LEASE_S, settings.max_streams_per_session,
+            settings.max_streams_per_tenant, slot.slot_id, _SLOT_KEY_TTL_S))
+    except (RedisError, OSError) as exc:
+        if settings.rate_limit_fail_open:
+            log.warning("event stream caps not checked: Redis unreachable (%s)", type(exc).__name__)
+            return StreamSlot(None, tenant_id, session_id)
+        raise DependencyUnavailable(
+            "Redis is unreachable, so the conversation's events cannot be streamed; try again "
+            "shortly") from exc
+    if res == -1:
+        raise TooManyStreams(
+            f"too many open event streams for this conversation (at most "
+            f"{settings.max_streams_per_session}): close another tab or window showing it, or "
+            "reuse its stream", retry_after_s=STREAM_RETRY_AFTER_S)
+    if res == -2:
+        raise TooManyStreams(
+            f"too many open event streams for this workspace (at most "
+            f"{settings.max_streams_per_tenant}, CHAT_ENGINE_MAX_STREAMS_PER_TENANT): try again "
+            f"in {STREAM_RETRY_AFTER_S} s", retry_after_s=STREAM_RETRY_AFTER_S)
+    return slot
 
 
 def is_turn_end(ev: SessionEvent) -> bool:
@@ -54,19 +177,28 @@ async def turn_events(
 async def session_event_stream(
     events: SessionEvents, session_id: UUID, last_event_id: str | None,
     is_disconnected: Callable[[], Awaitable[bool]], keepalive_s: float = KEEPALIVE_S,
+    slot: StreamSlot | None = None,
 ) -> AsyncIterator[dict[str, str]]:
-    """All of the session's events after ``Last-Event-ID`` (or only new ones), forever."""
-    if last_event_id:
-        after = await events.stream_id_after_event(session_id, last_event_id)
-    else:
-        after = await events.last_stream_id(session_id)
-    async for ev in events.read(session_id, after=after, block_ms=int(keepalive_s * 1000)):
-        if await is_disconnected():
-            return
-        if ev is None:
-            yield {"comment": "keep-alive"}
-            continue
-        yield ev.sse()
+    """All of the session's events after ``Last-Event-ID`` (or only new ones), forever (until
+    the client goes). ``slot`` (:func:`acquire_stream_slot`): refreshed while the stream is open,
+    released when it ends for any reason."""
+    try:
+        if last_event_id:
+            after = await events.stream_id_after_event(session_id, last_event_id)
+        else:
+            after = await events.last_stream_id(session_id)
+        async for ev in events.read(session_id, after=after, block_ms=int(keepalive_s * 1000)):
+            if await is_disconnected():
+                return
+            if slot is not None:
+                await slot.refresh(keepalive_s / 2)
+            if ev is None:
+                yield {"comment": "keep-alive"}
+                continue
+            yield ev.sse()
+    finally:
+        if slot is not None:
+            await slot.release()
 
 
 async def replay_answer(answer: dict[str, Any] | None, turn: int) -> AsyncIterator[dict[str, str]]:

@@ -320,12 +320,18 @@ async def session_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id_q: Annotated[str | None, Query(alias="last_event_id")] = None,
 ) -> EventSourceResponse:
-    """SSE of all the session's events; resumes after ``Last-Event-ID`` (header or query)."""
+    """SSE of all the session's events; resumes after ``Last-Event-ID`` (header or query).
+    Beyond the open-stream caps (per session, per tenant): 429 with ``Retry-After``, no stream."""
+    from starlette.background import BackgroundTask  # local: this route's own imports
+
+    from runtime.api.streams import acquire_stream_slot
+
     events = SessionEvents(ctx.redis)
+    slot = await acquire_stream_slot(ctx.redis, ctx.settings, claims.tenant_id, session_id)
     return EventSourceResponse(
         session_event_stream(events, session_id, last_event_id or last_event_id_q,
-                             request.is_disconnected),
-        ping=15,
+                             request.is_disconnected, slot=slot),
+        ping=15, background=BackgroundTask(slot.release),  # also a HEAD, which never streams
     )
 
 
