@@ -96,6 +96,10 @@ def services() -> Iterator[Services]:
             # Seconds-scale timers and a small Ray footprint for 2 cores.
             "CHAT_ENGINE_TIMEKEEPER_POLL_S": "0.5",
             "CHAT_ENGINE_KB_JOB_HEARTBEAT_S": "1",
+            # Caps small enough to reach in a test (tests/test_caps.py); no other test queues
+            # more than 2 messages in one session or opens more than 2 streams of one.
+            "CHAT_ENGINE_MAX_TURN_QUEUE": "4",
+            "CHAT_ENGINE_MAX_STREAMS_PER_SESSION": "3",
             "CHAT_ENGINE_LLM_MAX_TOKENS": os.environ.get("CHAT_ENGINE_LLM_MAX_TOKENS", "48"),
             "CHAT_ENGINE_EMBEDDING_NUM_CPUS": "0.5",
             "CHAT_ENGINE_GENERATOR_NUM_CPUS": "0.5",
