@@ -11,7 +11,6 @@ fuzzer) reading ``/openapi.json`` knows what is accepted. Give lengths with ``Fi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -23,12 +22,10 @@ WHITESPACE = "".join(
     chr(c) for c in [9, 10, 11, 12, 13, 32, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
                      0x202F, 0x205F, 0x3000, 0xFEFF]
 )
-_INVALID = re.compile("[\x00\ud800-\udfff\ufffe\uffff]")
 _BAD_CLASS = "\\u0000\\uFFFE\\uFFFF"
 _WS_CLASS = "".join(f"\\u{ord(c):04X}" for c in WHITESPACE)
 _PATTERN_ANY = f"^[^{_BAD_CLASS}]*$"
 _PATTERN_NONBLANK = f"^[^{_BAD_CLASS}]*[^{_BAD_CLASS}{_WS_CLASS}][^{_BAD_CLASS}]*$"
-_ANY_RE = re.compile(_PATTERN_ANY)
 PATTERN_NONBLANK = _PATTERN_NONBLANK
 """The JSON Schema ``pattern`` of :data:`NonBlankText`, for fields that check it themselves."""
 
@@ -43,6 +40,16 @@ _MESSAGES = {
     _PATTERN_NONBLANK: "must contain something other than whitespace, and no NUL (U+0000), "
                        "U+FFFE or U+FFFF",
 }
+
+
+def json_int(value: object) -> object:
+    """JSON Schema's integer for a strictly validated ``int`` field: 36.0 becomes 36 (a number
+    without a fraction is an integer there); anything else is left for the strict check, which
+    refuses "36", true and 36.5. Use as a ``field_validator(..., mode="before")``, so the field's
+    own limits stay in its schema."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def describe_pattern(pattern: str, message: str) -> str:
@@ -61,17 +68,3 @@ def error_message(error: Mapping[str, Any]) -> str:
         if pattern in _MESSAGES:
             return _MESSAGES[pattern]
     return str(error.get("msg", "invalid"))
-
-
-def valid_text(value: str, field: str) -> str:
-    """``value`` if it has no invalid code points. Raises InvalidInput naming ``field`` (for text
-    read outside a pydantic model, e.g. multipart form fields)."""
-    from runtime.errors import InvalidInput
-
-    bad = _INVALID.search(value)
-    if bad is not None:
-        raise InvalidInput(f"{field}: contains U+{ord(bad.group()):04X} at position {bad.start()}; "
-                           "NUL, lone surrogates and U+FFFE/U+FFFF are not allowed in text", field=field)
-    if _ANY_RE.fullmatch(value) is None:  # pragma: no cover - the same rule
-        raise InvalidInput(f"{field}: invalid text", field=field)
-    return value

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -99,6 +100,28 @@ def verify_session_token(
 
 
 # ------------------------------------------------------------------ channel credentials at rest
+def issue_visitor_id(settings: Settings, channel_id: UUID) -> str:
+    """A new visitor id for a widget channel: ``v1.<random>.<signature>`` (URL-safe, 52
+    characters), signed with the session-token secret and bound to ``channel_id``, so a client
+    can keep it (and so its contact) but cannot make one up or name another visitor's."""
+    nonce = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+    return f"v1.{nonce}.{_visitor_signature(settings, channel_id, nonce)}"
+
+
+def verify_visitor_id(settings: Settings, channel_id: UUID, value: str | None) -> str | None:
+    """``value`` if it is a visitor id this server issued for ``channel_id``; else None (a
+    forged, altered, foreign or old-style id is ignored, never an error)."""
+    if not value or not value.startswith("v1.") or value.count(".") != 2:
+        return None
+    _, nonce, signature = value.split(".")
+    return value if same_secret(signature, _visitor_signature(settings, channel_id, nonce)) else None
+
+
+def _visitor_signature(settings: Settings, channel_id: UUID, nonce: str) -> str:
+    mac = hmac.new(_secret(settings).encode(), f"visitor:{channel_id}:{nonce}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()[:24]).decode()
+
+
 def _fernet(settings: Settings) -> MultiFernet:
     if settings.secrets_key is None:
         raise ConfigError("CHAT_ENGINE_SECRETS_KEY is not set: channel credentials cannot be encrypted "

@@ -16,13 +16,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import redis
 from pydantic import SecretStr
 from starlette.requests import Request
 
@@ -39,17 +37,31 @@ NON_ASCII_BEARER = "Bearer tökén".encode()  # httpx only sends bytes for non-A
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture
-def rds(services: Services) -> Iterator[redis.Redis]:
-    """A redis-py client on the test Redis (the rate-limit counters live there)."""
-    client = redis.Redis.from_url(services.redis_url, decode_responses=True)
-    yield client
-    client.close()
+# The budgets the tests' stack runs with (conftest leaves the rate-limit defaults).
+IP_LIMIT = Settings().rate_limit_ip_per_min
+FAIL_LIMIT = Settings().rate_limit_failures_per_min
+WT_LIMIT = Settings().rate_limit_widget_token_per_min
 
 
-def _count(rds: redis.Redis, key: str) -> int:
-    """The sum of the rate-limit counters of ``key`` over all one-minute windows."""
-    return sum(int(rds.get(k) or 0) for k in rds.scan_iter(match=f"chat:rl:{key}:*"))
+def _limits(services: Services) -> Any:
+    from runtime.api.ratelimit import limiter
+
+    return limiter(Settings(redis_url=services.redis_url))
+
+
+async def _used(services: Services, key: str, limit: int) -> int:
+    """Requests counted now against ``key``'s budget of ``limit`` a minute (the limiter's view)."""
+    from limits import RateLimitItemPerMinute
+
+    stats = await _limits(services).get_window_stats(RateLimitItemPerMinute(limit), key)
+    return int(limit - stats.remaining)
+
+
+async def _reset(services: Services, key: str, limit: int) -> None:
+    """Empty ``key``'s budget, so a test's counts start at 0 (other tests share 127.0.0.1)."""
+    from limits import RateLimitItemPerMinute
+
+    await _limits(services).clear(RateLimitItemPerMinute(limit), key)
 
 
 def _fresh_window() -> None:
@@ -293,23 +305,25 @@ def test_trusted_proxies_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_spoofed_forwarded_for_does_not_escape_the_ip_limit(
-    client: httpx.AsyncClient, tenant: TenantInfo, rds: redis.Redis,
+    client: httpx.AsyncClient, tenant: TenantInfo, services: Services,
 ) -> None:
     """With the default settings, requests with a different X-Forwarded-For each count against
-    the peer's (127.0.0.1) per-IP budget; no counter is created for the spoofed addresses."""
+    the peer's (127.0.0.1) per-IP budget; nothing is counted for the spoofed addresses."""
     channel = await widget_channel(client, tenant.headers)
-    before = _count(rds, "ip:127.0.0.1")
+    _fresh_window()
+    await _reset(services, "ip:127.0.0.1", IP_LIMIT)
     for spoofed in ["203.0.113.41", "203.0.113.42"]:
         r = await client.post("/v1/widget/sessions", json={"widget_token": channel["widget_token"]},
                               headers={"Origin": ORIGIN, "X-Forwarded-For": spoofed})
         assert r.status_code == 200, r.text
-    assert _count(rds, "ip:127.0.0.1") - before == 2, sorted(rds.scan_iter(match="chat:rl:ip:*"))
-    assert not list(rds.scan_iter(match="chat:rl:ip:203.0.113.4*"))
+    assert await _used(services, "ip:127.0.0.1", IP_LIMIT) == 2
+    assert await _used(services, "ip:203.0.113.41", IP_LIMIT) == 0
+    assert await _used(services, "ip:203.0.113.42", IP_LIMIT) == 0
 
 
 # ------------------------------------------------------------------ 5. widget-token budget
 async def test_forged_origins_do_not_spend_the_widget_token_budget(
-    client: httpx.AsyncClient, tenant: TenantInfo, rds: redis.Redis,
+    client: httpx.AsyncClient, tenant: TenantInfo, services: Services,
 ) -> None:
     """Requests with a real widget token from a forged origin are 403s counted against the
     per-IP failure budget (30 a minute: then 429), never against the token's budget; a request
@@ -317,10 +331,11 @@ async def test_forged_origins_do_not_spend_the_widget_token_budget(
     channel = await widget_channel(client, tenant.headers)
     token = channel["widget_token"]
     _fresh_window()
+    await _reset(services, "fail:ip:127.0.0.1", FAIL_LIMIT)
+    await _reset(services, "ip:127.0.0.1", IP_LIMIT)
     try:
-        fails_before = _count(rds, "fail:ip:127.0.0.1")
         statuses = []
-        for _ in range(31 - fails_before):
+        for _ in range(FAIL_LIMIT + 1):
             r = await client.post("/v1/widget/sessions", json={"widget_token": token},
                                   headers={"Origin": "https://forged.example"})
             statuses.append(r.status_code)
@@ -329,17 +344,16 @@ async def test_forged_origins_do_not_spend_the_widget_token_budget(
         r = await client.post("/v1/widget/sessions", json={"widget_token": "wt_unknown_token"},
                               headers={"Origin": ORIGIN})
         assert r.status_code == 429  # unknown tokens share the failure budget
-        assert _count(rds, f"wt:{token}") == 0
-        assert not list(rds.scan_iter(match="chat:rl:wt:wt_unknown_token:*"))
+        assert await _used(services, f"wt:{token}", WT_LIMIT) == 0
+        assert await _used(services, "wt:wt_unknown_token", WT_LIMIT) == 0
 
         r = await client.post("/v1/widget/sessions", json={"widget_token": token}, headers={"Origin": ORIGIN})
         assert r.status_code == 200, r.text
-        assert _count(rds, f"wt:{token}") == 1
+        assert await _used(services, f"wt:{token}", WT_LIMIT) == 1
     finally:
-        # Leave the budgets shared by every test from 127.0.0.1 no fuller than they were.
-        for k in [*rds.scan_iter(match="chat:rl:fail:ip:127.0.0.1:*"),
-                  *rds.scan_iter(match="chat:rl:ip:127.0.0.1:*")]:
-            rds.delete(k)
+        # Leave the budgets shared by every test from 127.0.0.1 empty.
+        await _reset(services, "fail:ip:127.0.0.1", FAIL_LIMIT)
+        await _reset(services, "ip:127.0.0.1", IP_LIMIT)
 
 
 # ------------------------------------------------------------------ 6. handoff marker

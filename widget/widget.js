@@ -149,6 +149,7 @@
     createSession().then(function (s) {
       session = s;
       save({ session_token: s.session_token, session_id: s.session_id, open: true });
+      if (s.visitor_id) save({ visitor_id: s.visitor_id });
       showNote("");
       setGreeting(s.greeting);
       if (!frame) {
@@ -201,6 +202,7 @@
       createSession().then(function (s) {
         session = s;
         save({ session_token: s.session_token, session_id: s.session_id });
+        if (s.visitor_id) save({ visitor_id: s.visitor_id });
         handOver();
       }, function (err) { showNote(err.note); });
     }

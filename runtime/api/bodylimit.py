@@ -1,8 +1,11 @@
 """Request-body caps enforced while the body streams in (ASGI middleware).
 
 A declared ``Content-Length`` over the route's cap is refused with 413 before a byte of the body
-is read; a body without one (chunked) is counted as it arrives and refused with 413 at the first
-byte past the cap, so an oversized upload never sits in memory or on disk. Caps, in bytes:
+is read. A body without one (``Transfer-Encoding: chunked``) is refused with 411: Serve's HTTP
+proxy and replica queue a request's body as it arrives, before the app reads it (measured: a
+chunked 50 MB upload grew them by 54 and 89 MB before any answer), so only a length known up
+front can be refused without holding the body. Behind another server the body is also counted
+as it arrives and refused with 413 at the first byte past the cap. Caps, in bytes:
 
 - ``/v1/kb/ingest``: ``CHAT_ENGINE_UPLOAD_MAX_BYTES`` plus 64 KiB for the multipart framing and
   form fields (each file is checked against the cap again while it is read);
@@ -60,6 +63,10 @@ class BodyLimitMiddleware:
             return
         limit = body_limit(scope["path"], self.settings or get_settings())
         declared = _content_length(scope)
+        if declared is None and _chunked(scope):
+            await _refuse(send, "send the body with a Content-Length header: chunked request "
+                                "bodies are not accepted", status=411, code="length_required")
+            return
         if declared is not None and declared > limit:
             await _refuse(send, f"the request body of {declared} bytes is over the limit of {limit} "
                                 "bytes: send less (upload large files one at a time)")
@@ -86,9 +93,14 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(send: Send, message: str) -> None:
-    body = json.dumps({"error": {"code": "payload_too_large", "message": message}}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [
+def _chunked(scope: Scope) -> bool:
+    return any(name == b"transfer-encoding" and b"chunked" in value.lower()
+               for name, value in scope.get("headers", ()))
+
+
+async def _refuse(send: Send, message: str, *, status: int = 413, code: str = "payload_too_large") -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
     ]})

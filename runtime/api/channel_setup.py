@@ -39,12 +39,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NoConfig(_Strict):
+    """These channel types have no settings beyond their credentials: ``{}``."""
+
+
 class WidgetChannelCreate(_Strict):
     """A website widget: the origins of the sites that embed it (at least one)."""
 
     type: Literal["widget"]
     name: Name = ""
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: NoConfig = Field(default_factory=NoConfig)
     allowed_origins: list[Origin] = Field(min_length=1, max_length=50)
 
 
@@ -80,7 +84,7 @@ class TelegramChannelCreate(_Strict):
 
     type: Literal["telegram"]
     name: Name = ""
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: NoConfig = Field(default_factory=NoConfig)
     secrets: TelegramSecrets
 
 

@@ -15,10 +15,10 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.fields import WHITESPACE, NonBlankText, Text, valid_text
+from runtime.fields import WHITESPACE, NonBlankText, Text
 
 __all__ = ["AUTHED", "COMMON", "WHITESPACE", "AfterId", "ErrorEnvelope", "NonBlankText", "RowId", "Text",
-           "error_responses", "merge_patch_schema", "valid_text"]
+           "error_responses", "merge_patch_schema"]
 
 
 class ErrorDetail(BaseModel):
@@ -44,6 +44,7 @@ _DESCRIPTIONS = {
     404: "No such resource in this tenant (another tenant's is also 404)",
     405: "Method not allowed (the Allow header lists the allowed ones)",
     409: "Conflicts with the current state",
+    411: "A request body without Content-Length (chunked bodies are refused)",
     413: "A body, message or upload over its size limit",
     422: "Invalid input; `field`/`fields` name what to fix",
     429: "Over a rate limit or cap; retry after `Retry-After` seconds",
@@ -71,7 +72,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # Every route that parses a body or query can answer these, and every route that reads Postgres
 # or Redis can answer 503.
-COMMON = (400, 413, 422, 429, 503)
+COMMON = (400, 411, 413, 422, 429, 503)
 AUTHED = (*COMMON, 401, 403)
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from runtime.errors import ChatEngineError, RateLimited
 from runtime.fields import error_message
@@ -28,16 +28,23 @@ _HTTP_CODES = {400: "malformed_request", 401: "unauthorized", 403: "forbidden", 
                405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
-def allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route answers at ``request``'s path (Starlette's own 405 names only
-    the first matching route's), sorted; HEAD where GET is."""
+def _routes(routes: list[Any]) -> list[Any]:
+    """``routes`` with included routers opened up (FastAPI wraps each included router)."""
+    out = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        out.extend(_routes(inner.routes) if inner is not None else [route])
+    return out
+
+
+def allowed_methods(app: Any, path: str) -> list[str]:
+    """Every method some route of ``app`` answers at ``path`` (Starlette's own 405 names only
+    the first matching route's), sorted."""
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "__none__"})
-        if match != Match.NONE:
+    for route in _routes(app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
             methods |= set(getattr(route, "methods", None) or ())
-    if "GET" in methods:
-        methods.add("HEAD")
     return sorted(methods)
 
 
@@ -52,7 +59,8 @@ def install_error_handlers(app: FastAPI) -> None:
         status = exc.status_code
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
         if status == 405:
-            allow = allowed_methods(app, request)
+            # The app serving the request (Serve may wrap the one built here), its own path.
+            allow = allowed_methods(request.app, request.url.path) or allowed_methods(app, request.url.path)
             headers["Allow"] = ", ".join(allow)
             detail = f"{request.method} is not allowed here; use {', '.join(allow) or 'another path'}"
         elif status == 404 and detail == "Not Found":

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile
 
 from runtime.api.context import MODEL_HANDLES
@@ -24,7 +24,7 @@ from runtime.config import get_settings
 from runtime.db import kb_documents as kb_db
 from runtime.db import kb_jobs
 from runtime.errors import BackendUnavailable, InvalidInput, PayloadTooLarge
-from runtime.fields import error_message
+from runtime.fields import error_message, json_int
 from runtime.retrieval import search as kb_search
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class IngestBody(BaseModel):
     name: NonBlankText | None = Field(default=None, max_length=500, description="source name of `text`")
     title: Text | None = Field(default=None, max_length=500)
     force: bool = Field(default=False, description="re-embed sources that did not change")
+
+    _ints = field_validator("max_pages", "max_depth", mode="before")(json_int)
 
 
 class JobOut(BaseModel):
@@ -155,6 +157,8 @@ class SearchBody(BaseModel):
     query: NonBlankText = Field(max_length=2000)
     k: int = Field(default=4, ge=1, le=50, strict=True)
 
+    _ints = field_validator("k", mode="before")(json_int)
+
 
 class SearchHit(BaseModel):
     """One result: both legs' scores and the fused one (see runtime.retrieval)."""
@@ -186,6 +190,15 @@ def _doc_out(row: Any) -> DocumentOut:
 
 
 # ---------------------------------------------------------------- ingest
+def _form_value(key: str, value: str) -> Any:
+    """A form field as the JSON body would type it (form fields are all strings)."""
+    if key in ("max_pages", "max_depth") and value.strip().isdigit():
+        return int(value)
+    if key == "force" and value.strip().lower() in ("true", "false", "1", "0", "on", "off"):
+        return value.strip().lower() in ("true", "1", "on")
+    return value
+
+
 async def _read_ingest_request(request: Request, max_bytes: int) -> tuple[IngestBody, list[Any]]:
     from ingestion.jobs import SourceFile
 
@@ -207,7 +220,7 @@ async def _read_ingest_request(request: Request, max_bytes: int) -> tuple[Ingest
                 files.append(SourceFile(name=value.filename or key, data=data,
                                         content_type=value.content_type))
             else:
-                fields[key] = value
+                fields[key] = _form_value(key, value)
         raw: Any = fields
     else:
         try:
@@ -218,12 +231,13 @@ async def _read_ingest_request(request: Request, max_bytes: int) -> tuple[Ingest
             ) from None
     try:
         # JSON as the schema types it (no "5" for 5, no 0 for false); form fields are strings.
-        body = IngestBody.model_validate(raw, strict=not is_form)
+        body = IngestBody.model_validate(raw, strict=True)
     except ValidationError as exc:
         problems_l = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": error_message(e)}
                       for e in exc.errors()]
         problems = "; ".join(f"{f['field']}: {f['message']}" for f in problems_l)
-        raise InvalidInput(f"invalid ingest request: {problems}", fields=problems_l) from None
+        raise InvalidInput(f"invalid ingest request: {problems}", field=problems_l[0]["field"],
+                           fields=problems_l) from None
     if not (body.url or body.text or files):
         raise InvalidInput("nothing to ingest: give a url, text, or upload files", field="url")
     return body, files
@@ -248,11 +262,10 @@ async def _watch(ref: Any, job_id: UUID, ctx: Any) -> None:
             {"required": ["url"], "properties": {"url": {"type": "string"}}},
             {"required": ["text"], "properties": {"text": {"type": "string"}}},
         ]}},
+        # Files; the JSON fields may come along as form fields (strings: max_pages=10, force=true).
         "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "url": IngestBody.model_json_schema()["properties"]["url"]["anyOf"][0],
-            "text": IngestBody.model_json_schema()["properties"]["text"]["anyOf"][0],
             "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
-        }, "anyOf": [{"required": ["url"]}, {"required": ["text"]}, {"required": ["file"]}]}},
+        }, "required": ["file"]}},
     }, "required": True}},
 )
 async def ingest(request: Request, ctx: Ctx, who: Owner) -> JobOut:
@@ -270,6 +283,7 @@ async def ingest(request: Request, ctx: Ctx, who: Owner) -> JobOut:
         row = await kb_jobs.create_job(
             conn, who.tenant_id, spec.model_dump(mode="json", exclude={"text"})
             | {"text_chars": len(spec.text or "")},
+            max_active=ctx.settings.max_ingestion_jobs_per_tenant,
         )
     ref = submit_job(row["id"], who.tenant_id, spec, files, embedder)
     task = asyncio.create_task(_watch(ref, row["id"], ctx))

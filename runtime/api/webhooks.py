@@ -133,18 +133,21 @@ async def _channel(ctx: Any, channel_type: str, channel_id: UUID) -> tuple[Any, 
     return row, decrypt_secrets(ctx.settings, ch_db.sealed(row))
 
 
-@router.get("/whatsapp/{channel_id}", response_class=Response,
+@router.get("/{channel_type}/{channel_id}", response_class=Response,
             responses={200: {"description": "the challenge, echoed",
                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def whatsapp_handshake(
-    channel_id: UUID, ctx: Ctx,
+    channel_type: WebhookType, channel_id: UUID, ctx: Ctx,
     mode: Annotated[Literal["subscribe"], Query(alias="hub.mode")],
     verify_token: Annotated[str, Query(alias="hub.verify_token", min_length=1, max_length=4096)],
     challenge: Annotated[str, Query(alias="hub.challenge", min_length=1, max_length=4096)],
 ) -> PlainTextResponse:
     """Meta's verification: ``?hub.mode=subscribe&hub.verify_token=...&hub.challenge=...``
     answered with the challenge when the verify token is the channel's. Raises 401 (wrong
-    token), 404 (no such WhatsApp channel), 422 (a parameter missing)."""
+    token), 404 (no such WhatsApp channel; other types have no GET handshake), 422 (a parameter
+    missing)."""
+    if channel_type != "whatsapp":
+        raise NotFound(f"{channel_type} webhooks have no GET handshake: the provider POSTs to this URL")
     _, secrets = await _channel(ctx, "whatsapp", channel_id)
     query = {"hub.mode": mode, "hub.verify_token": verify_token, "hub.challenge": challenge}
     return PlainTextResponse(whatsapp.verify_handshake(query, secrets))

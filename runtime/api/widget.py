@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from typing import Annotated, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,7 +34,12 @@ from runtime.db import sessions as sess_db
 from runtime.errors import ChatEngineError, Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 from runtime.events import SessionEvents
 from runtime.fields import describe_pattern
-from runtime.security import issue_session_token, verify_session_token
+from runtime.security import (
+    issue_session_token,
+    issue_visitor_id,
+    verify_session_token,
+    verify_visitor_id,
+)
 
 router = APIRouter(prefix="/v1/widget", tags=["widget"], responses=error_responses(*AUTHED, 404, 409))
 
@@ -182,7 +187,10 @@ class SessionCreate(BaseModel):
 
     widget_token: str = Field(min_length=4, max_length=200)
     session_token: str | None = Field(default=None, description="restore this session if valid")
-    visitor_id: str | None = Field(default=None, max_length=100)
+    visitor_id: str | None = Field(
+        default=None, max_length=100,
+        description="the visitor_id an earlier session returned (signed by the server); an id the "
+        "server did not issue for this channel is ignored and a new one is returned")
 
 
 class SessionOut(BaseModel):
@@ -195,6 +203,8 @@ class SessionOut(BaseModel):
     restored: bool
     bot_name: str
     greeting: str
+    visitor_id: str | None = Field(description="keep it and send it with the next session: the "
+                                   "same visitor, one contact (null on a restored session without one)")
 
 
 @router.options("/sessions", include_in_schema=False)
@@ -220,24 +230,27 @@ async def create_session(body: SessionCreate, request: Request, ctx: Ctx) -> Any
     client_ip = _client_ip(request, ctx.settings.trusted_proxies)
     failures_per_min = ctx.settings.rate_limit_failures_per_min
     try:
-        await rate_limit(ctx.redis, f"ip:{client_ip}", ctx.settings.rate_limit_ip_per_min)
+        await rate_limit(ctx, f"ip:{client_ip}", ctx.settings.rate_limit_ip_per_min)
         async with ctx.pool.acquire() as conn:
             channel = await channels.channel_by_widget_token(conn, body.widget_token)
             if channel is None:
-                await rate_limit(ctx.redis, f"fail:ip:{client_ip}", failures_per_min)
+                await rate_limit(ctx, f"fail:ip:{client_ip}", failures_per_min)
                 raise Unauthorized("unknown widget token: copy the snippet from the channel again")
             allowed = {normalize_origin(o) or o for o in channel["allowed_origins"]}
             if not origin or origin not in allowed:
-                await rate_limit(ctx.redis, f"fail:ip:{client_ip}", failures_per_min)
+                await rate_limit(ctx, f"fail:ip:{client_ip}", failures_per_min)
                 raise Forbidden(
                     f"origin {origin or repr(raw_origin[:100]) if raw_origin else '(none)'} is not "
                     "allowed for this widget: add it to the channel's allowed_origins"
                 )
-            await rate_limit(ctx.redis, f"wt:{body.widget_token}",
+            await rate_limit(ctx, f"wt:{body.widget_token}",
                              ctx.settings.rate_limit_widget_token_per_min)
             tenant_id, channel_id = channel["tenant_id"], channel["id"]
             cfg = BotConfig.model_validate((await bot_configs.get_bot_config(conn, tenant_id))["config"])
             session = None
+            # Only an id this server signed for this channel names a contact: a client cannot
+            # take over another visitor's contact (and their email) by naming its id.
+            visitor = verify_visitor_id(ctx.settings, channel_id, body.visitor_id)
             if body.session_token:
                 try:
                     claims = verify_session_token(ctx.settings, body.session_token)
@@ -247,7 +260,7 @@ async def create_session(body: SessionCreate, request: Request, ctx: Ctx) -> Any
                     session = None
             restored = session is not None
             if session is None:
-                visitor = body.visitor_id or f"visitor-{uuid4().hex}"
+                visitor = visitor or issue_visitor_id(ctx.settings, channel_id)
                 contact_id = await sess_db.upsert_contact(conn, tenant_id, channel_id, visitor)
                 session = await sess_db.create_session(conn, tenant_id, channel_id, contact_id, origin)
     except ChatEngineError as exc:
@@ -262,7 +275,7 @@ async def create_session(body: SessionCreate, request: Request, ctx: Ctx) -> Any
         warm_session(tenant_id, session["id"])  # the actor starts while the visitor reads the greeting
     out = SessionOut(
         session_id=session["id"], session_token=token, expires_at=exp, status=session["status"],
-        restored=restored, bot_name=cfg.bot_name, greeting=cfg.greeting,
+        restored=restored, bot_name=cfg.bot_name, greeting=cfg.greeting, visitor_id=visitor,
     )
     return JSONResponse(out.model_dump(mode="json"),
                         headers={**CORS_HEADERS, "Access-Control-Allow-Origin": origin})
@@ -289,7 +302,11 @@ def _client_msg_turn_stream(ctx: Any, events: SessionEvents, session_id: UUID, r
     return EventSourceResponse(turn_events(events, session_id, turn, after, timeout_s=timeout), ping=15)
 
 
-@router.post("/sessions/{session_id}/messages")
+_SSE = {200: {"description": "server-sent events (see the events of a turn in the README)",
+              "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+@router.post("/sessions/{session_id}/messages", responses=_SSE)
 async def post_message(session_id: UUID, body: MessageIn, request: Request, ctx: Ctx,
                        claims: WidgetSession) -> EventSourceResponse:
     """Send a customer message; the response is SSE of this turn's events, ending with
@@ -304,8 +321,8 @@ async def post_message(session_id: UUID, body: MessageIn, request: Request, ctx:
             f"text: {len(text)} characters is over the limit of {ctx.settings.max_message_chars}; "
             "split it into shorter messages", field="text",
         )
-    await rate_limit(ctx.redis, f"sess:{session_id}", ctx.settings.rate_limit_ip_per_min)
-    await rate_limit(ctx.redis, f"ip:{_client_ip(request, ctx.settings.trusted_proxies)}",
+    await rate_limit(ctx, f"sess:{session_id}", ctx.settings.rate_limit_ip_per_min)
+    await rate_limit(ctx, f"ip:{_client_ip(request, ctx.settings.trusted_proxies)}",
                      ctx.settings.rate_limit_ip_per_min)
     events = SessionEvents(ctx.redis)
     after = await events.last_stream_id(session_id)
@@ -314,7 +331,7 @@ async def post_message(session_id: UUID, body: MessageIn, request: Request, ctx:
     return _client_msg_turn_stream(ctx, events, session_id, result, after)
 
 
-@router.get("/sessions/{session_id}/events")
+@router.get("/sessions/{session_id}/events", responses=_SSE)
 async def session_events(
     session_id: UUID, request: Request, ctx: Ctx, claims: WidgetSession,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,

@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 
 from runtime.db import Conn
-from runtime.errors import NotFound
+from runtime.errors import NotFound, RateLimited
 
 JOB_COLUMNS = (
     "id, tenant_id, status, spec, documents, unchanged, chunks, pages_fetched, error_count, "
@@ -24,13 +24,31 @@ MAX_STORED_ERRORS = 1000
 
 
 async def create_job(
-    conn: Conn, tenant_id: UUID, spec: dict[str, Any]
+    conn: Conn, tenant_id: UUID, spec: dict[str, Any], *, max_active: int | None = None,
 ) -> asyncpg.Record:
-    """Insert a ``pending`` job; returns its row."""
-    row = await conn.fetchrow(
-        f"INSERT INTO kb_jobs (tenant_id, spec) VALUES ($1, $2) RETURNING {JOB_COLUMNS}",
-        tenant_id, spec,
-    )
+    """Insert a ``pending`` job; returns its row.
+
+    max_active: refuse when the tenant already has this many ``pending``/``running`` jobs
+    (counted under a per-tenant transaction lock, so two racing requests cannot both pass).
+    Raises RateLimited (429, retry in 30 s) then; a job whose worker died stops counting once
+    the heartbeat sweep fails it.
+    """
+    async with conn.transaction():
+        if max_active is not None:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('kb_jobs:' || $1::text, 0))",
+                               str(tenant_id))
+            active = await conn.fetchval(
+                "SELECT count(*) FROM kb_jobs WHERE tenant_id = $1 AND status IN ('pending', 'running')",
+                tenant_id)
+            if active >= max_active:
+                raise RateLimited(
+                    f"{active} ingestion jobs of this tenant are still running (at most {max_active} "
+                    "at once, CHAT_ENGINE_MAX_INGESTION_JOBS_PER_TENANT): wait for one to finish "
+                    "(GET /v1/kb/jobs) and try again", retry_after_s=30)
+        row = await conn.fetchrow(
+            f"INSERT INTO kb_jobs (tenant_id, spec) VALUES ($1, $2) RETURNING {JOB_COLUMNS}",
+            tenant_id, spec,
+        )
     assert row is not None
     return row
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from runtime.fields import PATTERN_NONBLANK, WHITESPACE, Text
+from runtime.fields import PATTERN_NONBLANK, WHITESPACE, Text, json_int
 
 DEFAULT_LEAD_ASK = (
     "Happy to help with that! Before I answer, could you share your email address so our team "
@@ -100,6 +100,8 @@ class EscalationRules(BaseModel):
             )
         return v
 
+    _ints = field_validator("max_low_coverage_turns", mode="before")(json_int)
+
     @field_validator("max_low_coverage_turns")
     @classmethod
     def _max_low(cls, v: int) -> int:
@@ -178,13 +180,16 @@ class Guardrails(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     forbidden_topics: list[Term] = Field(default_factory=list, max_length=_MAX_TERMS)
-    max_answer_sentences: int | None = Field(default=None, json_schema_extra={"minimum": 1, "maximum": 50})
+    max_answer_sentences: int | None = Field(default=None,
+                                                 json_schema_extra={"minimum": 1, "maximum": 50})
     extra_instructions: Text = Field(default="", max_length=2000)
 
     @field_validator("forbidden_topics")
     @classmethod
     def _topics(cls, v: list[str]) -> list[str]:
         return _clean_terms(v, "forbidden topics")
+
+    _ints = field_validator("max_answer_sentences", mode="before")(json_int)
 
     @field_validator("max_answer_sentences")
     @classmethod
