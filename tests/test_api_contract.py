@@ -32,7 +32,12 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 
 # The schema the app serves, built from the same code (the stack's settings are the defaults this
 # reads); the requests go to the live stack.
-schema = schemathesis.openapi.from_dict(create_app().openapi())
+# The two event streams are left out: the session stream never ends, so every case would wait
+# out its read timeout (13 minutes for a handful of cases); their auth and 4xx answers are
+# covered by tests/test_hardening.py and tests/test_caps.py.
+schema = (schemathesis.openapi.from_dict(create_app().openapi())
+          .exclude(path_regex=r"^/v1/widget/sessions/\{session_id\}/events$")
+          .exclude(method="POST", path_regex=r"^/v1/widget/sessions/\{session_id\}/messages$"))
 
 
 @dataclass(frozen=True)

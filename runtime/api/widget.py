@@ -302,8 +302,12 @@ def _client_msg_turn_stream(ctx: Any, events: SessionEvents, session_id: UUID, r
     return EventSourceResponse(turn_events(events, session_id, turn, after, timeout_s=timeout), ping=15)
 
 
+# One server-sent event (Open API before 3.2: ``schema`` describes each event); ``data`` is JSON.
 _SSE = {200: {"description": "server-sent events (see the events of a turn in the README)",
-              "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+              "content": {"text/event-stream": {"schema": {"type": "object", "properties": {
+                  "event": {"type": "string"}, "id": {"type": "string"},
+                  "data": {"type": "string", "contentMediaType": "application/json"},
+                  "retry": {"type": "integer"}}}}}}}
 
 
 @router.post("/sessions/{session_id}/messages", responses=_SSE)
