@@ -303,7 +303,8 @@ def _client_msg_turn_stream(ctx: Any, events: SessionEvents, session_id: UUID, r
 
 
 # One server-sent event (Open API before 3.2: ``schema`` describes each event); ``data`` is JSON.
-_SSE = {200: {"description": "server-sent events (see the events of a turn in the README)",
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "server-sent events (see the events of a turn in the README)",
               "content": {"text/event-stream": {"schema": {"type": "object", "properties": {
                   "event": {"type": "string"}, "id": {"type": "string"},
                   "data": {"type": "string", "contentMediaType": "application/json"},
