@@ -300,6 +300,13 @@ class LoopbackProxy:
             up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
         else:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        if self.blocked:
+            # ``block`` came while this connection was still reaching the upstream: it must not
+            # survive the cut (a client's lazy connect raced the block on a fast machine).
+            self.refused += 1
+            up_writer.transport.abort()
+            writer.transport.abort()
+            return
         self._writers.update({writer, up_writer})
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
