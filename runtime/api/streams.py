@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from runtime.config import Settings
 from runtime.errors import DependencyUnavailable, TooManyStreams
 from runtime.events import TERMINAL_KINDS, SessionEvent, SessionEvents
+from runtime.leases import FIRST_FULL, SECOND_FULL, take_lease
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +39,6 @@ KEEPALIVE_S = 10.0
 STREAM_LEASE_S = 3 * KEEPALIVE_S  # a slot not refreshed for this long is free again
 STREAM_RETRY_AFTER_S = 10
 _SLOT_KEY_TTL_S = 3600
-
-# KEYS: session set, tenant set. ARGV: now, lease expiry, session cap, tenant cap, slot, key TTL.
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -2 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return 0
-"""
-
 
 def session_streams_key(session_id: Any) -> str:
     """Redis sorted set of the session's open event streams."""
@@ -118,9 +105,9 @@ async def acquire_stream_slot(redis: aioredis.Redis, settings: Settings, tenant_
     slot = StreamSlot(redis, tenant_id, session_id)
     now = time.time()
     try:
-        res = int(await redis.eval(  # type: ignore[misc]
-            _ACQUIRE, 2, *slot.keys, now, now + STREAM_LEASE_S, settings.max_streams_per_session,
-            settings.max_streams_per_tenant, slot.slot_id, _SLOT_KEY_TTL_S))
+        res = await take_lease(
+            redis, slot.keys, slot.slot_id, now=now, lease_s=STREAM_LEASE_S, key_ttl_s=_SLOT_KEY_TTL_S,
+            caps=(settings.max_streams_per_session, settings.max_streams_per_tenant))
     except (RedisError, OSError) as exc:
         if settings.rate_limit_fail_open:
             log.warning("event stream caps not checked: Redis unreachable (%s)", type(exc).__name__)
@@ -128,12 +115,12 @@ async def acquire_stream_slot(redis: aioredis.Redis, settings: Settings, tenant_
         raise DependencyUnavailable(
             "Redis is unreachable, so the conversation's events cannot be streamed; try again "
             "shortly") from exc
-    if res == -1:
+    if res == FIRST_FULL:
         raise TooManyStreams(
             f"too many open event streams for this conversation (at most "
             f"{settings.max_streams_per_session}): close another tab or window showing it, or "
             "reuse its stream", retry_after_s=STREAM_RETRY_AFTER_S)
-    if res == -2:
+    if res == SECOND_FULL:
         raise TooManyStreams(
             f"too many open event streams for this workspace (at most "
             f"{settings.max_streams_per_tenant}, CHAT_ENGINE_MAX_STREAMS_PER_TENANT): try again "

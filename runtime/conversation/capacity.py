@@ -7,11 +7,11 @@ pruned before every count, so an actor that crashed, or a process that was kille
 within :data:`ACTOR_LEASE_S` without anyone cleaning up after it.
 
 - :func:`admit_actor` runs where a new actor would be created (the ingress, the Timekeeper): one
-  Lua script prunes both sets, lets a session that already holds a lease through, refuses when
-  either set is full, and otherwise reserves the place (a lease of :data:`ACTOR_LEASE_S`, long
-  enough for the actor to start) in the tenant's set and in the set of the node of the calling
-  process (Ray places a zero-CPU actor on the creator's node when it can; the actor's own lease
-  records the node it really runs on).
+  Lua script (:func:`runtime.leases.take_lease`) prunes both sets, lets a session that already
+  holds a lease through, refuses when either set is full, and otherwise reserves the place (a
+  lease of :data:`ACTOR_LEASE_S`, long enough for the actor to start) in the tenant's set and in
+  the set of the node of the calling process (Ray places a zero-CPU actor on the creator's node
+  when it can; the actor's own lease records the node it really runs on).
 - :func:`hold_lease` is the actor's own refresh, every :data:`LEASE_REFRESH_S` while it is active;
   :func:`release_lease` gives the place back when it passivates.
 
@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from runtime.config import Settings
 from runtime.errors import CapacityExceeded, DependencyUnavailable
+from runtime.leases import ALREADY_HELD, FIRST_FULL, SECOND_FULL, TAKEN, take_lease
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +42,7 @@ LEASE_REFRESH_S = 15.0
 CAPACITY_RETRY_AFTER_S = 30
 _KEY_TTL_S = 3600  # a set nobody refreshes any more is dropped after this long
 
-ADMITTED, ALREADY_LIVE, TENANT_FULL, NODE_FULL = 0, 1, -1, -2
-
-# KEYS: tenant set, node set. ARGV: now, lease expiry, tenant cap, node cap, member, key TTL.
-_ADMIT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[5]) then return 1 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -2 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return 0
-"""
+ADMITTED, ALREADY_LIVE, TENANT_FULL, NODE_FULL = TAKEN, ALREADY_HELD, FIRST_FULL, SECOND_FULL
 
 
 def tenant_key(tenant_id: Any) -> str:
@@ -80,10 +67,10 @@ async def admit_actor(redis: aioredis.Redis, settings: Settings, tenant_id: Any,
     """
     now = time.time()
     try:
-        res = int(await redis.eval(  # type: ignore[misc]
-            _ADMIT, 2, tenant_key(tenant_id), node_key(node_id), now, now + ACTOR_LEASE_S,
-            settings.max_active_sessions_per_tenant, settings.max_active_sessions_per_node,
-            str(session_id), _KEY_TTL_S))
+        res = await take_lease(
+            redis, (tenant_key(tenant_id), node_key(node_id)), str(session_id), now=now,
+            lease_s=ACTOR_LEASE_S, key_ttl_s=_KEY_TTL_S,
+            caps=(settings.max_active_sessions_per_tenant, settings.max_active_sessions_per_node))
     except (RedisError, OSError) as exc:
         if settings.rate_limit_fail_open:
             log.warning("session actor caps not checked: Redis unreachable (%s)", type(exc).__name__)
