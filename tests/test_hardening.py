@@ -26,7 +26,8 @@ from starlette.requests import Request
 
 from runtime.api import app as app_module
 from runtime.api import deps
-from runtime.api.widget import _client_ip, normalize_origin
+from runtime.api.client_ip import client_ip as _client_ip
+from runtime.api.widget import normalize_origin
 from runtime.config import Settings, load_settings
 from runtime.errors import ConfigError, Unauthorized
 from runtime.policy import HANDOFF_MARKER, OutputGuard

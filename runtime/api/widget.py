@@ -8,9 +8,7 @@ EventSource), so the iframe's own origin does not matter.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import os
 import re
 from typing import Annotated, Any
 from uuid import UUID
@@ -20,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
+from runtime.api.client_ip import client_ip
 from runtime.api.contract import AUTHED, AfterId, NonBlankText, error_responses
 from runtime.api.deps import Ctx, WidgetSession
 from runtime.api.ratelimit import rate_limit
@@ -103,85 +102,6 @@ def normalize_origin(value: str) -> str | None:
     return f"{scheme}://{host}"
 
 
-def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(value.strip())
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-@functools.lru_cache(maxsize=1)
-def _server_forwarded_allow() -> tuple[Any, str | None]:
-    """The trust list of the uvicorn in front of us (Serve's proxy; ``FORWARDED_ALLOW_IPS``,
-    default loopback) and one address standing for its members; (None, None) when unknown."""
-    raw = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
-    try:
-        from uvicorn.middleware.proxy_headers import _TrustedHosts
-    except ImportError:  # another server: nothing rewrote the peer
-        return None, None
-    first = next((h.strip() for h in raw.split(",") if h.strip()), None)
-    if first and "/" in first:
-        try:
-            first = str(ipaddress.ip_network(first, strict=False).network_address)
-        except ValueError:
-            pass
-    return _TrustedHosts(raw), first
-
-
-def _peer(request: Request, forwarded_for: str) -> str:
-    """The TCP peer, as it was before the HTTP server's proxy-header handling.
-
-    Serve's proxy runs uvicorn with ``proxy_headers`` on, so for a peer in its
-    ``FORWARDED_ALLOW_IPS`` (loopback by default) ``request.client`` is already what that peer's
-    ``X-Forwarded-For`` claims. When ``request.client`` is exactly uvicorn's pick from the header,
-    the peer was one of uvicorn's trusted hosts: it is reported as the first of them.
-    """
-    if request.client is None:
-        return "unknown"
-    host, port = request.client.host, request.client.port
-    uvicorn_trusted, stand_in = _server_forwarded_allow()
-    if not forwarded_for or uvicorn_trusted is None or stand_in is None or uvicorn_trusted.always_trust:
-        return host
-    if (host, port) == tuple(uvicorn_trusted.get_trusted_client_address(forwarded_for)):
-        return stand_in
-    return host
-
-
-def _client_ip(request: Request, trusted_proxies: list[str]) -> str:
-    """The client's address for per-IP limits.
-
-    The TCP peer, unless the peer is inside one of ``trusted_proxies`` (CIDRs,
-    CHAT_ENGINE_TRUSTED_PROXIES): then the right-most ``X-Forwarded-For`` entry that is not itself
-    a trusted proxy (entries to its left were written by the client and prove nothing). The peer
-    is taken from before the server's own proxy-header rewrite (:func:`_peer`).
-    """
-    hops = [h for value in request.headers.getlist("x-forwarded-for") for h in value.split(",")]
-    peer = _peer(request, ", ".join(h.strip() for h in hops))
-    peer_ip = _ip(peer)
-    if not trusted_proxies or peer_ip is None:
-        return peer
-    networks = _networks(tuple(trusted_proxies))
-    if not any(peer_ip in net for net in networks):
-        return peer
-    client = peer_ip
-    for hop in reversed(hops):
-        hop_ip = _ip(hop)
-        if hop_ip is None:  # garbage from the client's side of the chain: stop at the last proxy
-            break
-        client = hop_ip
-        if not any(hop_ip in net for net in networks):
-            break
-    return str(client)
-
-
-@functools.lru_cache(maxsize=8)
-def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-
-
 class SessionCreate(BaseModel):
     """POST /v1/widget/sessions body (from the host page)."""
 
@@ -227,18 +147,18 @@ async def create_session(body: SessionCreate, request: Request, ctx: Ctx) -> Any
     """
     raw_origin = request.headers.get("origin") or ""
     origin = normalize_origin(raw_origin) or ""
-    client_ip = _client_ip(request, ctx.settings.trusted_proxies)
+    peer_ip = client_ip(request, ctx.settings.trusted_proxies)
     failures_per_min = ctx.settings.rate_limit_failures_per_min
     try:
-        await rate_limit(ctx, f"ip:{client_ip}", ctx.settings.rate_limit_ip_per_min)
+        await rate_limit(ctx, f"ip:{peer_ip}", ctx.settings.rate_limit_ip_per_min)
         async with ctx.pool.acquire() as conn:
             channel = await channels.channel_by_widget_token(conn, body.widget_token)
             if channel is None:
-                await rate_limit(ctx, f"fail:ip:{client_ip}", failures_per_min)
+                await rate_limit(ctx, f"fail:ip:{peer_ip}", failures_per_min)
                 raise Unauthorized("unknown widget token: copy the snippet from the channel again")
             allowed = {normalize_origin(o) or o for o in channel["allowed_origins"]}
             if not origin or origin not in allowed:
-                await rate_limit(ctx, f"fail:ip:{client_ip}", failures_per_min)
+                await rate_limit(ctx, f"fail:ip:{peer_ip}", failures_per_min)
                 raise Forbidden(
                     f"origin {origin or repr(raw_origin[:100]) if raw_origin else '(none)'} is not "
                     "allowed for this widget: add it to the channel's allowed_origins"
@@ -327,7 +247,7 @@ async def post_message(session_id: UUID, body: MessageIn, request: Request, ctx:
             "split it into shorter messages", field="text",
         )
     await rate_limit(ctx, f"sess:{session_id}", ctx.settings.rate_limit_ip_per_min)
-    await rate_limit(ctx, f"ip:{_client_ip(request, ctx.settings.trusted_proxies)}",
+    await rate_limit(ctx, f"ip:{client_ip(request, ctx.settings.trusted_proxies)}",
                      ctx.settings.rate_limit_ip_per_min)
     events = SessionEvents(ctx.redis)
     after = await events.last_stream_id(session_id)
