@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from runtime.answering.intents import IntentClassifier
 from runtime.config import Settings, get_settings
 from runtime.constants import APP_NAME, EMBEDDER_DEPLOYMENT, GENERATOR_DEPLOYMENT, NAMESPACE
-from runtime.conversation.capacity import admit_actor
+from runtime.conversation.capacity import admit_actor, release_warm
 from runtime.conversation.conversation import Conversation
 from runtime.conversation.ports import ServeModels
 from runtime.errors import CapacityExceeded
@@ -61,6 +61,9 @@ class SessionActor:
             _INTENTS = IntentClassifier(models.embed_many)
         self.conv = Conversation(UUID(tenant_id), UUID(session_id), settings=settings, models=models,
                                  intents=_INTENTS, node_id=node_id())
+        # Until a call other than ping/status/passivate, the actor may be one the widget warmed
+        # for a visitor who never types: it is put to rest after warm_idle_s, not idle_minutes.
+        self._engaged = False
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._warm()), loop.create_task(self._idle_watch())]
 
@@ -71,11 +74,28 @@ class SessionActor:
             await self.conv.activate()
             await self.conv.intents.prepare()
 
+    def _engage(self) -> None:
+        """A real call: the full idle timeout applies from now, and a place under the warm
+        budgets (if the widget warmed this actor) is given back at once."""
+        if self._engaged:
+            return
+        self._engaged = True
+        self._tasks.append(asyncio.get_running_loop().create_task(self._release_warm()))
+
+    async def _release_warm(self) -> None:
+        with contextlib.suppress(Exception):  # else the place lapses after warm_idle_s
+            live = await self.conv.activate()
+            await release_warm(live.events.redis, self.conv.tenant_id, self.conv.session_id,
+                               self.conv.node_id)
+
     async def _idle_watch(self) -> None:
-        idle_s = self.conv.settings.idle_minutes * 60
+        settings = self.conv.settings
+        idle_s = settings.idle_minutes * 60
+        warm_s = min(idle_s, settings.warm_idle_s)
         while True:
-            await asyncio.sleep(max(0.5, min(30.0, idle_s / 4)))
-            if self.conv.idle_for() >= idle_s and await self.conv.passivate():
+            await asyncio.sleep(max(0.5, min(30.0, (idle_s if self._engaged else warm_s) / 4)))
+            limit = idle_s if self._engaged else warm_s
+            if self.conv.idle_for() >= limit and await self.conv.passivate():
                 self._exit()
                 return
 
@@ -103,34 +123,42 @@ class SessionActor:
     async def submit(self, text: str, client_msg_id: str | None = None, external_id: str | None = None,
                      attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """See :meth:`Conversation.submit`."""
+        self._engage()
         return await self.conv.submit(text, client_msg_id, external_id, attachments)
 
     async def handoff(self, reason: str = "The customer asked for a human.") -> dict[str, Any]:
         """See :meth:`Conversation.handoff`."""
+        self._engage()
         return await self.conv.handoff(reason)
 
     async def takeover(self, agent_id: str, agent_name: str) -> dict[str, Any]:
         """See :meth:`Conversation.takeover`."""
+        self._engage()
         return await self.conv.takeover(agent_id, agent_name)
 
     async def agent_reply(self, agent_id: str, agent_name: str, text: str) -> dict[str, Any]:
         """See :meth:`Conversation.agent_reply`."""
+        self._engage()
         return await self.conv.agent_reply(agent_id, agent_name, text)
 
     async def hand_back(self, agent_id: str | None = None) -> dict[str, Any]:
         """See :meth:`Conversation.hand_back`."""
+        self._engage()
         return await self.conv.hand_back(agent_id)
 
     async def close(self) -> dict[str, Any]:
         """See :meth:`Conversation.close`."""
+        self._engage()
         return await self.conv.close()
 
     async def fire_timer(self, kind: str) -> dict[str, Any]:
         """See :meth:`Conversation.fire_timer`."""
+        self._engage()
         return await self.conv.fire_timer(kind)
 
     async def recover(self) -> dict[str, Any]:
         """See :meth:`Conversation.recover`."""
+        self._engage()
         return await self.conv.recover()
 
     async def passivate(self, force: bool = False) -> dict[str, Any]:

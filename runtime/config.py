@@ -287,6 +287,18 @@ class Settings(BaseSettings):
     max_streams_per_tenant: int = Field(
         default=20_000, ge=1, description="open event streams (SSE) of one tenant",
     )
+    warm_sessions_per_tenant: int = Field(
+        default=12, ge=0,
+        description="actors started ahead of a first message (on session create), per tenant at once; "
+        "0: never, the first message starts the actor",
+    )
+    warm_sessions_per_node: int = Field(
+        default=24, ge=0, description="actors started ahead of a first message, per Ray node at once",
+    )
+    warm_idle_s: float = Field(
+        default=120.0, gt=0,
+        description="seconds a warmed actor waits for its first message before it is put to rest",
+    )
     max_turn_queue: int = Field(
         default=20, ge=1, description="customer messages waiting behind a running turn, per session",
     )

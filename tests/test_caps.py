@@ -6,6 +6,9 @@ and the service stays healthy.
 - Live session actors per tenant and per node (the defaults, 2000 and 10000: the sets are filled
   with live stand-in leases). A session whose actor is live is always served; a channel message
   that arrives at the cap stays stored and is answered once there is room.
+- Actors started ahead of a first message (the widget warms one per new session) stay within the
+  warm budgets (the defaults, 12 per tenant and 24 per node: the node's set is filled with
+  stand-ins): beyond them a session gets no actor until its first message, which is answered.
 - Customer messages waiting behind the running turn (CHAT_ENGINE_MAX_TURN_QUEUE, 4 in these
   tests): the widget's message beyond them is refused and not stored; a channel's never is.
 - Escalated sessions passivate like any other: the SLA still fires, an agent's reply still
@@ -35,11 +38,15 @@ from runtime.conversation.capacity import (
     ALREADY_LIVE,
     CAPACITY_RETRY_AFTER_S,
     admit_actor,
+    admit_warm,
     hold_lease,
     live_actors,
     node_key,
     release_lease,
+    release_warm,
     tenant_key,
+    warm_node_key,
+    warm_tenant_key,
 )
 from runtime.errors import CapacityExceeded, TooManyStreams
 from tests.channel_helpers import create_channel, post_webhook, telegram_text
@@ -166,6 +173,62 @@ async def test_actor_leases_count_live_actors_only(ards: Any) -> None:
         assert await admit_actor(ards, settings, t2, s[3], node) == ALREADY_LIVE
     finally:
         await ards.delete(tenant_key(t1), tenant_key(t2), node_key(node))
+
+
+async def test_warm_budget_bounds_actors_started_ahead_of_a_message(ards: Any) -> None:
+    """Warm budget 2 per tenant, 3 per node: a third warm of a tenant is declined, AND a session
+    already holding a place keeps it, AND the node's budget counts all tenants, AND a released
+    place (the first real call came) is free again; a budget of 0 never warms."""
+    settings = load_settings(warm_sessions_per_tenant=2, warm_sessions_per_node=3, warm_idle_s=60)
+    t1, t2, node = uuid.uuid4(), uuid.uuid4(), f"node-{uuid.uuid4().hex}"
+    s = [uuid.uuid4() for _ in range(5)]
+    try:
+        assert await admit_warm(ards, settings, t1, s[0], node) is True
+        assert await admit_warm(ards, settings, t1, s[0], node) is True  # already holds one
+        assert await admit_warm(ards, settings, t1, s[1], node) is True
+        assert await admit_warm(ards, settings, t1, s[2], node) is False  # the tenant's budget
+        assert await admit_warm(ards, settings, t2, s[3], node) is True
+        assert await admit_warm(ards, settings, t2, s[4], node) is False  # the node's budget
+        assert await ards.zcount(warm_node_key(node), time.time(), "+inf") == 3
+        lease_end = await ards.zscore(warm_tenant_key(t1), str(s[0]))
+        assert 55 < lease_end - time.time() <= 60  # a place lasts warm_idle_s
+        await release_warm(ards, t1, s[0], node)
+        assert await ards.zscore(warm_tenant_key(t1), str(s[0])) is None
+        assert await admit_warm(ards, settings, t2, s[4], node) is True
+        never = load_settings(warm_sessions_per_tenant=0)
+        assert await admit_warm(ards, never, uuid.uuid4(), uuid.uuid4(), node) is False
+    finally:
+        await ards.delete(warm_tenant_key(t1), warm_tenant_key(t2), warm_node_key(node))
+
+
+async def test_sessions_beyond_the_warm_budget_start_no_actor_until_their_first_message(
+    client: httpx.AsyncClient, tenant: TenantInfo, rds: redis.Redis
+) -> None:
+    """With room in the warm budget a new session's actor starts before any message and gives
+    its warm place back on the first one; with the node's budget spent, a new session starts no
+    process, AND its first message is answered all the same."""
+    channel = await widget_channel(client, tenant.headers)
+    node = ray.get_runtime_context().get_node_id()
+    warmed = await new_session(client, channel["widget_token"])
+
+    async def started() -> bool:
+        return not _actor_gone(tenant.id, warmed.session_id)
+
+    await _wait(started, 60, "the warmed session's actor")
+    assert rds.zscore(warm_tenant_key(tenant.id), warmed.session_id) is not None
+    assert kinds(await ask(client, warmed, "hello"))[-1] == "done"
+
+    async def given_back() -> bool:
+        return rds.zscore(warm_tenant_key(tenant.id), warmed.session_id) is None
+
+    await _wait(given_back, 30, "the warm place given back after the first message")
+    with filled(rds, warm_node_key(node), get_settings().warm_sessions_per_node):
+        cold = await new_session(client, channel["widget_token"])
+        await asyncio.sleep(3)  # a warm would have created the named actor by now (see above)
+        assert _actor_gone(tenant.id, cold.session_id)
+        assert rds.zscore(warm_tenant_key(tenant.id), cold.session_id) is None
+        assert kinds(await ask(client, cold, "hello"))[-1] == "done"
+        assert not _actor_gone(tenant.id, cold.session_id)
 
 
 async def test_stream_slots_are_capped_released_and_expire(ards: Any) -> None:

@@ -13,9 +13,10 @@ from uuid import UUID
 
 import ray
 
-from actors.session import admit_session, session_actor
+from actors.session import admit_session, node_id, session_actor
 from actors.timekeeper import ensure_timekeeper
 from runtime.api.context import get_context
+from runtime.conversation.capacity import admit_warm
 from runtime.errors import CapacityExceeded, ChatEngineError, SessionPassivating
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,13 @@ async def call_session(tenant_id: UUID, session_id: UUID, method: str, *args: An
 
 def warm_session(tenant_id: UUID, session_id: UUID) -> None:
     """Start the session's actor now (fire and forget, from a running event loop), so the
-    customer's first message does not wait for a process to start. Beyond the caps nothing is
-    started; the first message is then answered with the 503."""
+    customer's first message does not wait for a process to start.
+
+    Only within the warm budgets (:func:`runtime.conversation.capacity.admit_warm`: a burst of
+    sessions nobody types into starts a bounded number of processes) and the caps of live actors;
+    otherwise nothing is started here and the first message starts the actor (or is answered
+    with the 503 beyond the caps). A warmed actor that gets no message is put to rest after
+    ``warm_idle_s``."""
     task = asyncio.get_running_loop().create_task(_warm(tenant_id, session_id))
     _WARMING.add(task)
     task.add_done_callback(_WARMING.discard)
@@ -97,6 +103,11 @@ def warm_session(tenant_id: UUID, session_id: UUID) -> None:
 
 async def _warm(tenant_id: UUID, session_id: UUID) -> None:
     try:
+        if (str(tenant_id), str(session_id)) not in _HANDLES:
+            ctx = await get_context()
+            if not await admit_warm(ctx.redis, ctx.settings, tenant_id, session_id, node_id()):
+                log.debug("session %s not warmed: the warm budget is spent", session_id)
+                return
         (await _handle(tenant_id, session_id)).ping.remote()
     except CapacityExceeded as exc:
         log.info("session %s not warmed: %s", session_id, exc.message)

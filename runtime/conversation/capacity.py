@@ -12,6 +12,12 @@ within :data:`ACTOR_LEASE_S` without anyone cleaning up after it.
   lease of :data:`ACTOR_LEASE_S`, long enough for the actor to start) in the tenant's set and in
   the set of the node of the calling process (Ray places a zero-CPU actor on the creator's node
   when it can; the actor's own lease records the node it really runs on).
+- :func:`admit_warm` bounds the actors started *ahead of* a first message (the widget warms a
+  session's actor when the session is created): a place in ``chat:warm:t:<tenant_id>`` and
+  ``chat:warm:n:<node_id>`` for ``warm_idle_s``, so a burst of sessions nobody types into starts
+  at most ``warm_sessions_per_tenant`` / ``warm_sessions_per_node`` processes at a time. The
+  actor gives its place back (:func:`release_warm`) on its first real call, and is put to rest
+  after ``warm_idle_s`` if that never comes.
 - :func:`hold_lease` is the actor's own refresh, every :data:`LEASE_REFRESH_S` while it is active;
   :func:`release_lease` gives the place back when it passivates.
 
@@ -91,6 +97,46 @@ async def admit_actor(redis: aioredis.Redis, settings: Settings, tenant_id: Any,
             f"{CAPACITY_RETRY_AFTER_S} s, or add a node",
             retry_after_s=CAPACITY_RETRY_AFTER_S)
     return res
+
+
+def warm_tenant_key(tenant_id: Any) -> str:
+    """Redis sorted set of the tenant's actors started ahead of a first message."""
+    return f"chat:warm:t:{tenant_id}"
+
+
+def warm_node_key(node_id: str) -> str:
+    """Redis sorted set of the actors on node ``node_id`` started ahead of a first message."""
+    return f"chat:warm:n:{node_id}"
+
+
+async def admit_warm(redis: aioredis.Redis, settings: Settings, tenant_id: Any, session_id: Any,
+                     node_id: str) -> bool:
+    """Whether the session's actor may be started before its first message: True when a place
+    under the warm budgets was taken (for ``warm_idle_s`` s) or the session holds one; False when
+    either budget is full, a budget is 0, or Redis is unreachable (warming is an optimisation:
+    the first message then starts the actor, under :func:`admit_actor`)."""
+    caps = (settings.warm_sessions_per_tenant, settings.warm_sessions_per_node)
+    if min(caps) <= 0:
+        return False
+    try:
+        res = await take_lease(
+            redis, (warm_tenant_key(tenant_id), warm_node_key(node_id)), str(session_id),
+            now=time.time(), lease_s=settings.warm_idle_s, caps=caps, key_ttl_s=_KEY_TTL_S)
+    except (RedisError, OSError) as exc:
+        log.info("session %s not warmed: Redis unreachable (%s)", session_id, type(exc).__name__)
+        return False
+    return res in (TAKEN, ALREADY_HELD)
+
+
+async def release_warm(redis: aioredis.Redis, tenant_id: Any, session_id: Any,
+                       node_id: str | None) -> None:
+    """Give back the session's place under the warm budgets (its first real call came). Raises
+    what redis-py raises (the place then lapses after ``warm_idle_s``)."""
+    keys = [warm_tenant_key(tenant_id)] + ([warm_node_key(node_id)] if node_id else [])
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.zrem(key, str(session_id))
+        await pipe.execute()
 
 
 async def hold_lease(redis: aioredis.Redis, tenant_id: Any, session_id: Any,
