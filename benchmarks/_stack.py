@@ -46,9 +46,11 @@ class Stack:
         self.pg: Any = None
         self.redis: Any = None
 
-    def start(self, max_tokens: int, extra_env: dict[str, str] | None = None) -> str:
+    def start(self, max_tokens: int, extra_env: dict[str, str] | None = None,
+              models: bool = True) -> str:
         """Start everything; ``extra_env``: more CHAT_ENGINE_* settings (e.g. the provider
-        stand-ins' API bases). Returns the app's base URL."""
+        stand-ins' API bases); ``models``: False serves the ingress without the Embedder and
+        Generator (no answers). Returns the app's base URL."""
         import base64
 
         from runtime.config import get_settings
@@ -82,7 +84,7 @@ class Stack:
                  runtime_env={"env_vars": env}, logging_level="ERROR", log_to_driver=False)
         quiet = {"log_level": "WARNING", "enable_access_log": False}
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
-        serve.run(build_app({"models": True}), name="chat", route_prefix="/", logging_config=quiet)
+        serve.run(build_app({"models": models}), name="chat", route_prefix="/", logging_config=quiet)
         return f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
