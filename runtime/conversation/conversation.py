@@ -5,15 +5,10 @@ writer of its session), its turn queue (customer messages are answered one at a 
 and its timers. Its operations never wait behind a running turn: ``takeover``, ``handoff`` and
 ``close`` abort it (:class:`runtime.conversation.control.TurnControl`), wait for it to wind down,
 then commit the new status, then change memory, then publish. Operations are serialised among
-themselves by one lock; turns are paused while one runs.
+themselves by one lock; turns are paused while one runs. Activation, the call plumbing and
+passivation are :class:`runtime.conversation.lifecycle.ConversationLifecycle`.
 
-Activation loads the session and re-queues its unanswered messages; transient failures (Postgres
-or Redis briefly down) are retried with backoff; a failed activation is not remembered. During
-passivation calls are refused with SessionPassivating (the caller retries on the next actor).
-
-Caps: a live conversation holds a lease under its tenant's and node's caps of live actors
-(:mod:`runtime.conversation.capacity`), refreshed while active and given back on passivation.
-At most ``max_turn_queue`` customer messages wait behind the running turn: a widget message
+Caps: at most ``max_turn_queue`` customer messages wait behind the running turn: a widget message
 beyond that is refused (:class:`runtime.errors.TurnQueueFull`, 429) before anything is stored.
 Messages already stored (a channel's webhook stored them; re-queued on activation or by
 :meth:`Conversation.recover`) are never refused. Escalated conversations passivate like any
@@ -23,213 +18,33 @@ other: their SLA timer is a ``timers`` row the Timekeeper fires on a fresh activ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
-
-from runtime.answering.intents import IntentClassifier
-from runtime.config import Settings
-from runtime.conversation.capacity import LEASE_REFRESH_S, hold_lease, release_lease
-from runtime.conversation.control import TurnControl
-from runtime.conversation.delivery import delivery_for, send_message
-from runtime.conversation.escalation import Escalation, SlaTimer, escalate, now, stop_task
-from runtime.conversation.faults import is_transient
+from runtime.conversation.delivery import send_message
+from runtime.conversation.escalation import Escalation, escalate, now
+from runtime.conversation.lifecycle import ConversationLifecycle
 from runtime.conversation.live import LiveSession, load_config
 from runtime.conversation.payloads import message_payload
-from runtime.conversation.pipeline import TurnPipeline
-from runtime.conversation.ports import ModelPorts
-from runtime.conversation.resources import Resources, open_resources
-from runtime.conversation.state import SessionRecord, SessionState
-from runtime.conversation.turns import TurnRunner
 from runtime.db import Conn
 from runtime.db import escalations as esc_db
 from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.db import timers as timer_db
-from runtime.errors import Conflict, DependencyUnavailable, SessionPassivating, TurnQueueFull
-from runtime.policy import make_canary
-from runtime.retrieval import search
+from runtime.errors import Conflict, TurnQueueFull
 
 log = logging.getLogger(__name__)
 
-ABORT_WAIT_S = 10.0
 # A refused message (too many waiting) may be sent again after this many seconds.
 TURN_QUEUE_RETRY_AFTER_S = 5
 
 
-class Conversation:
-    """The session ``session_id`` of ``tenant_id``. models: embeddings and generation (Serve
-    handles in the actor); intents: the process's shared intent classifier; opener: opens the
-    pool and Redis client (default :func:`open_resources`); node_id: the Ray node the actor runs
-    on (its lease under the node's cap; None: the tenant's cap only)."""
+class Conversation(ConversationLifecycle):
+    """The session ``session_id`` of ``tenant_id``: its operations (submit, handoff, takeover,
+    agent replies, hand-back, close, timers, recovery, status). Construct as
+    :class:`ConversationLifecycle`."""
 
-    def __init__(self, tenant_id: UUID, session_id: UUID, *, settings: Settings, models: ModelPorts,
-                 intents: IntentClassifier,
-                 opener: Callable[[Settings], Awaitable[Resources]] = open_resources,
-                 node_id: str | None = None) -> None:
-        self.tenant_id = tenant_id
-        self.session_id = session_id
-        self.settings = settings
-        self.models = models
-        self.intents = intents
-        self._opener = opener
-        self.live: LiveSession | None = None
-        self._resources: Resources | None = None
-        self._runner: TurnRunner | None = None
-        self._activating = asyncio.Lock()
-        self._ops = asyncio.Lock()
-        self._turns_open = asyncio.Event()
-        self._turns_open.set()
-        # Oldest message first; stored, echoed and queued in one order (the submit lock).
-        self.queue: asyncio.PriorityQueue[int] = asyncio.PriorityQueue()
-        self.queued: set[int] = set()
-        self._submit_lock = asyncio.Lock()
-        self.current: TurnControl | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self.node_id = node_id
-        self._lease: asyncio.Task[None] | None = None
-        self.closing = False
-        self.in_flight = 0
-        self.last_activity = time.monotonic()
-
-    # ------------------------------------------------------------------ activation
-    async def activate(self) -> LiveSession:
-        """Load the session (retrying transient failures), re-queue unanswered messages, arm the
-        SLA and start the turn worker. Idempotent. Raises DependencyUnavailable when Postgres or
-        Redis stay unreachable (the next call tries again), SessionNotFound for a missing row."""
-        if self.live is not None:
-            return self.live
-        async with self._activating:
-            if self.live is not None:
-                return self.live
-            try:
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(is_transient), reraise=True,
-                    stop=stop_after_delay(self.settings.turn_retry_window_s / 3),
-                    wait=wait_exponential_jitter(initial=0.2, max=3.0),
-                ):
-                    with attempt:
-                        live = await self._load()
-            except Exception as exc:
-                if is_transient(exc):
-                    raise DependencyUnavailable(
-                        f"the conversation could not be loaded ({type(exc).__name__}): Postgres or "
-                        "Redis is unreachable; try again shortly") from exc
-                raise
-            self.live = live
-            loop = asyncio.get_running_loop()
-            self._worker = loop.create_task(self._work())
-            self._lease = loop.create_task(self._hold_lease(live))
-            return live
-
-    async def _load(self) -> LiveSession:
-        res = await self._opener(self.settings)
-        try:
-            async with res.pool.acquire() as conn:
-                row = await sess_db.get_session_for_actor(conn, self.tenant_id, self.session_id)
-                pending = await msg_db.unanswered_customer_messages(conn, self.tenant_id, self.session_id)
-                sla_due = await timer_db.get_timer(conn, self.tenant_id, self.session_id, "sla")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await res.close()
-            raise
-        record = SessionRecord.from_row(row)
-        secret = self.settings.session_token_secret
-        assert secret is not None, "CHAT_ENGINE_SESSION_TOKEN_SECRET is resolved by the launcher"
-        live = LiveSession(
-            record=record, state=SessionState.load(row["state"]), pool=res.pool, events=res.events,
-            delivery=delivery_for(record, res.events), settings=self.settings,
-            canary=make_canary(str(self.tenant_id), secret.get_secret_value()),
-            sla=SlaTimer(lambda: self.fire_timer("sla")),
-        )
-        self._resources = res
-
-        async def retrieve(question: str, vec: Any) -> list[Any]:
-            return await search(res.pool, None, self.tenant_id, question, k=self.settings.retrieval_k,
-                                query_embedding=vec)
-
-        self._runner = TurnRunner(live, self.models, TurnPipeline(self.models, retrieve, self.intents))
-        if sum(self._enqueue(int(m["id"])) for m in pending):  # a turn acts only on `received`
-            log.info("session %s re-queued %d unanswered message(s)", self.session_id, len(pending))
-        if sla_due is not None:
-            live.sla.arm(sla_due)
-        return live
-
-    def _enqueue(self, message_id: int) -> bool:
-        """Queue a message's turn once; True when it was not queued yet."""
-        if message_id in self.queued:
-            return False
-        self.queued.add(message_id)
-        self.queue.put_nowait(message_id)
-        return True
-
-    async def _work(self) -> None:
-        assert self._runner is not None
-        while True:
-            message_id = await self.queue.get()
-            await self._turns_open.wait()
-            ctl = self.current = TurnControl(message_id)
-            try:
-                await self._runner.run(message_id, ctl)
-            finally:
-                self.current = None
-                self.queued.discard(message_id)
-                self.last_activity = time.monotonic()
-
-    async def _hold_lease(self, live: LiveSession) -> None:
-        """Keep this conversation's place under the live-actor caps while it is active."""
-        while True:
-            try:
-                await hold_lease(live.events.redis, self.tenant_id, self.session_id, self.node_id)
-            except Exception as exc:  # noqa: BLE001 - Redis hiccup: the next refresh writes it
-                log.warning("session %s: actor lease not refreshed (%s)", self.session_id,
-                            type(exc).__name__)
-            await asyncio.sleep(LEASE_REFRESH_S)
-
-    # ------------------------------------------------------------------ call plumbing
-    @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[LiveSession]:
-        if self.closing:
-            raise SessionPassivating("this conversation's actor is being passivated; call again")
-        self.in_flight += 1
-        try:
-            live = await self.activate()
-            self.last_activity = time.monotonic()
-            try:
-                yield live
-            except Exception as exc:
-                if is_transient(exc):  # nothing was committed: say so, and that a retry may work
-                    raise DependencyUnavailable(
-                        f"Postgres or Redis is unreachable ({type(exc).__name__}); nothing was "
-                        "changed: try again shortly") from exc
-                raise
-        finally:
-            self.in_flight -= 1
-            self.last_activity = time.monotonic()
-
-    @contextlib.asynccontextmanager
-    async def _transition(self, *, abort: bool) -> AsyncIterator[LiveSession]:
-        """A status operation: exclusive among operations; no new turn starts meanwhile; with
-        ``abort`` the running turn is aborted and has wound down before the body runs."""
-        async with self._call() as live, self._ops:
-            self._turns_open.clear()
-            try:
-                if abort and self.current is not None:
-                    ctl = self.current
-                    await ctl.abort()
-                    if not await ctl.wait_finished(ABORT_WAIT_S):
-                        log.warning("session %s: aborted turn still running after %.0f s",
-                                    self.session_id, ABORT_WAIT_S)
-                yield live
-            finally:
-                self._turns_open.set()
-
-    # ------------------------------------------------------------------ operations
     async def submit(self, text: str, client_msg_id: str | None = None, external_id: str | None = None,
                      attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Persist a customer message (idempotent) and queue its turn.
@@ -408,46 +223,6 @@ class Conversation:
             return {"session_id": str(self.session_id), "status": r.status,
                     "assignee_id": str(r.assignee_id) if r.assignee_id else None,
                     "queued": self.queue.qsize(), "turn_running": self.current is not None}
-
-    # ------------------------------------------------------------------ passivation
-    def idle_for(self) -> float:
-        """Seconds since the last call or turn."""
-        return time.monotonic() - self.last_activity
-
-    def can_passivate(self, force: bool = False) -> bool:
-        """True when nothing runs or waits (no turn running or queued, no call in flight).
-
-        A conversation waiting for an agent (``human_escalated``) passivates like any other:
-        its SLA timer is the stored ``timers`` row, which the Timekeeper fires on a fresh
-        activation, and an agent's takeover or reply activates it again. ``force`` is accepted
-        for callers written when it overrode that wait; it changes nothing now.
-        """
-        del force
-        return self.current is None and self.queue.empty() and self.in_flight == 0
-
-    async def passivate(self, force: bool = False) -> bool:
-        """Refuse new calls, persist, give back the actor's place under the caps, release
-        everything. False (and nothing changed) when :meth:`can_passivate` says no. The caller
-        then ends the process/actor."""
-        if self.closing or not self.can_passivate(force):
-            return False
-        self.closing = True
-        await stop_task(self._worker)
-        await stop_task(self._lease)
-        with contextlib.suppress(Exception):
-            if self.live is not None:
-                self.live.sla.cancel()
-                async with self.live.pool.acquire() as conn:
-                    await sess_db.update_session(conn, self.tenant_id, self.session_id,
-                                                 state=self.live.state.dump())
-        with contextlib.suppress(Exception):
-            if self.live is not None:
-                await release_lease(self.live.events.redis, self.tenant_id, self.session_id,
-                                    self.node_id)
-        with contextlib.suppress(Exception):
-            if self._resources is not None:
-                await self._resources.close()
-        return True
 
 
 class _AlreadyFired(Exception):
