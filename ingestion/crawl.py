@@ -1,12 +1,13 @@
-"""A polite async website crawler (httpx).
+"""A polite async website crawler (httpx): :class:`Crawler`, the crawl loop.
 
 From a start URL it follows ``<a href>`` links breadth-first, up to ``max_pages`` URLs and
 ``max_depth`` hops, with at most ``concurrency`` requests in flight and requests started at least
 ``delay_s`` apart (or robots.txt's ``Crawl-delay``, when larger). It stays on the start URL's site
 (same host and port; protocol-relative ``//name`` links and other hosts are counted as
 ``skipped["offsite"]`` and never requested), obeys robots.txt (disallowed URLs are never
-requested), follows redirects itself so an off-site redirect is reported and not followed, and
-de-duplicates URLs (fragments dropped) and byte-identical bodies.
+requested; :mod:`ingestion.robots`), follows redirects itself so an off-site redirect is reported
+and not followed (:mod:`ingestion.fetch`), and de-duplicates URLs (fragments dropped;
+:mod:`ingestion.urls`) and byte-identical bodies.
 
 :meth:`Crawler.run` yields :class:`FetchedPage` (HTML, plain text, Markdown or PDF bodies under
 ``max_bytes``) and :class:`CrawlFailure` (one per URL that could not be used: HTTP errors such as
@@ -15,10 +16,12 @@ de-duplicates URLs (fragments dropped) and byte-identical bodies.
 Every connection (pages, redirects, robots.txt) goes through the egress policy
 (:mod:`ingestion.egress`): private, loopback, link-local and metadata addresses are refused before
 any connect, as ``refused by the egress policy: ...``. Each HTTP request has a whole-request
-deadline (``page_deadline_s``: connect, headers and the body, so a server that trickles bytes
-cannot hold a worker; httpx's ``timeout_s`` only bounds each read), and the crawl as a whole an
-optional deadline (``job_deadline_s`` from ``started_at``): when it passes the crawl stops, yields
-one failure saying so for the start URL, and returns.
+deadline (``page_deadline_s``, see :mod:`ingestion.fetch`), and the crawl as a whole an optional
+deadline (``job_deadline_s`` from ``started_at``): when it passes the crawl stops, yields one
+failure saying so for the start URL, and returns.
+
+The results, URL helpers and limits are importable from here as well as from the modules that
+define them.
 """
 
 from __future__ import annotations
@@ -28,88 +31,35 @@ import contextlib
 import hashlib
 import logging
 import time
-import urllib.robotparser
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 
-from ingestion.egress import EgressPolicy, EgressRefused, EgressTransport
+from ingestion.egress import EgressPolicy, EgressTransport
 from ingestion.extract import page_links
+from ingestion.fetch import (
+    HTML_TYPES,
+    MAX_REDIRECTS,
+    PDF_TYPES,
+    TEXT_TYPES,
+    CrawlFailure,
+    FetchedPage,
+    PageFetching,
+)
+from ingestion.robots import ROBOTS_MAX_BYTES, RobotsRules, load_robots
+from ingestion.urls import normalize_url, same_site
+
+__all__ = [
+    "HTML_TYPES", "MAX_REDIRECTS", "PDF_TYPES", "ROBOTS_MAX_BYTES", "TEXT_TYPES", "CrawlFailure",
+    "Crawler", "FetchedPage", "normalize_url", "same_site",
+]
 
 log = logging.getLogger(__name__)
 
-HTML_TYPES = ("text/html", "application/xhtml+xml")
-TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
-PDF_TYPES = ("application/pdf",)
-MAX_REDIRECTS = 5
-ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least the first 500 KiB
 
-
-@dataclass(frozen=True)
-class FetchedPage:
-    """A usable response: ``url`` as linked, ``final_url`` after same-site redirects,
-    ``content_type`` (lower case, no parameters), the raw ``body`` and its ``encoding``."""
-
-    url: str
-    final_url: str
-    depth: int
-    content_type: str
-    body: bytes
-    encoding: str | None
-
-    @property
-    def is_html(self) -> bool:
-        return self.content_type in HTML_TYPES
-
-    def text(self) -> str:
-        """The body decoded (declared charset, else UTF-8 with replacement)."""
-        return self.body.decode(self.encoding or "utf-8", errors="replace")
-
-
-@dataclass(frozen=True)
-class CrawlFailure:
-    """A URL that yielded nothing usable; ``error`` says why, ``status`` is the HTTP status."""
-
-    url: str
-    error: str
-    status: int | None = None
-
-
-def normalize_url(url: str) -> str:
-    """Scheme and host lower-cased, default port and fragment dropped, empty path -> ``/``."""
-    url = urldefrag(url)[0]
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    port = parts.port
-    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else (
-        f"{host}:{port}"
-    )
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
-
-
-def _norm_host(host: str) -> str:
-    return host.strip("[]").lower().rstrip(".")
-
-
-def _site(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    default = 443 if parts.scheme == "https" else 80
-    return (parts.hostname or "").lower(), parts.port or default
-
-
-def same_site(a: str, b: str) -> bool:
-    """Same host and port (an http->https upgrade on default ports counts as the same site)."""
-    (ha, pa), (hb, pb) = _site(a), _site(b)
-    return ha == hb and (pa == pb or {pa, pb} == {80, 443})
-
-
-class Crawler:
+class Crawler(PageFetching):
     """One crawl of one site (see the module docstring). Not reusable: call :meth:`run` once.
 
     ``skipped`` counts links not followed, by reason: offsite, robots, page_limit, depth_limit,
@@ -119,7 +69,8 @@ class Crawler:
     :class:`~ingestion.egress.EgressTransport`). ``egress``: the policy (default: refuse private
     addresses). ``page_deadline_s``: the whole-request deadline of one HTTP request.
     ``job_deadline_s``: stop the crawl that long after ``started_at`` (a ``time.monotonic()``
-    value; default: when :meth:`run` starts); None: no deadline.
+    value; default: when :meth:`run` starts); None: no deadline. :meth:`allowed` and the HTTP
+    requests come from :class:`~ingestion.fetch.PageFetching`.
     """
 
     def __init__(
@@ -147,8 +98,7 @@ class Crawler:
         self.job_deadline_s = job_deadline_s
         self._started_at = started_at
         self._deadline: float | None = None
-        self._robots: urllib.robotparser.RobotFileParser | None = None
-        self._robots_block_all: str | None = None
+        self._robots = RobotsRules()  # allows everything until robots.txt is loaded
         self.skipped: Counter[str] = Counter()
         self.fetched = 0
         self.discovered = 1
@@ -158,135 +108,14 @@ class Crawler:
         self._last_start = 0.0
 
     # ---------------------------------------------------------------- robots
-    async def _get_robots(self, client: httpx.AsyncClient, robots_url: str) -> tuple[int, str]:
-        # Redirects are followed (RFC 9309), each one through the egress policy.
-        async with client.stream("GET", robots_url, follow_redirects=True) as resp:
-            if resp.status_code != 200:
-                return resp.status_code, ""
-            body = bytearray()
-            async for piece in resp.aiter_bytes():
-                body.extend(piece)
-                if len(body) >= ROBOTS_MAX_BYTES:
-                    break
-            return 200, bytes(body[:ROBOTS_MAX_BYTES]).decode(
-                resp.charset_encoding or "utf-8", errors="replace")
-
     async def _load_robots(self, client: httpx.AsyncClient) -> None:
-        parts = urlsplit(self.start_url)
-        robots_url = urlunsplit((parts.scheme, parts.netloc, "/robots.txt", "", ""))
         limit = self.page_deadline_s
         if self._deadline is not None:
             limit = min(limit, max(0.0, self._deadline - time.monotonic()))
-        try:
-            async with asyncio.timeout(limit):
-                status, text = await self._get_robots(client, robots_url)
-        except EgressRefused as exc:
-            if _norm_host(exc.host) == (parts.hostname or "").lower():
-                self._robots_block_all = f"refused by the egress policy: {exc}"
-            else:
-                self._robots_block_all = (
-                    f"robots.txt redirected to a host refused by the egress policy: {exc}"
-                )
-            return
-        except TimeoutError:
-            self._robots_block_all = f"robots.txt did not arrive within {limit:g} s (the page deadline)"
-            return
-        except httpx.HTTPError as exc:
-            self._robots_block_all = f"robots.txt unreachable ({type(exc).__name__}: {exc})"
-            return
-        if status >= 500:
-            # RFC 9309: an unreachable robots.txt means "crawl nothing" for now.
-            self._robots_block_all = f"robots.txt answered HTTP {status}"
-            return
-        rp = urllib.robotparser.RobotFileParser()
-        rp.parse(text.splitlines() if status == 200 else [])
-        self._robots = rp
-        crawl_delay = rp.crawl_delay(self.user_agent)
+        self._robots = await load_robots(client, self.start_url, limit)
+        crawl_delay = self._robots.crawl_delay(self.user_agent)
         if crawl_delay:
-            self.delay_s = max(self.delay_s, float(crawl_delay))
-
-    def allowed(self, url: str) -> bool:
-        """Whether robots.txt lets this crawler fetch ``url``."""
-        if self._robots_block_all is not None:
-            return False
-        return self._robots is None or self._robots.can_fetch(self.user_agent, url)
-
-    # ---------------------------------------------------------------- fetching
-    async def _pace(self) -> None:
-        if self.delay_s <= 0:
-            return
-        async with self._pace_lock:
-            wait = self._last_start + self.delay_s - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._last_start = time.monotonic()
-
-    async def _fetch(
-        self, client: httpx.AsyncClient, url: str, depth: int
-    ) -> FetchedPage | CrawlFailure | None:
-        current = url
-        for _ in range(MAX_REDIRECTS + 1):
-            await self._pace()
-            self.fetched += 1
-            try:
-                async with asyncio.timeout(self.page_deadline_s), client.stream("GET", current) as resp:
-                    if resp.is_redirect:
-                        location = resp.headers.get("location", "")
-                        target = normalize_url(urljoin(current, location))
-                        if not same_site(self.start_url, target):
-                            return CrawlFailure(
-                                url, f"redirected off-site to {target}; not followed",
-                                resp.status_code,
-                            )
-                        if not self.allowed(target):
-                            self.skipped["robots"] += 1
-                            return CrawlFailure(
-                                url, f"redirected to {target}, which robots.txt disallows",
-                                resp.status_code,
-                            )
-                        if target != url and target in self._seen:
-                            self.skipped["redirect_duplicate"] += 1
-                            return None
-                        self._seen.add(target)
-                        current = target
-                        continue
-                    if resp.status_code != 200:
-                        reason = resp.reason_phrase or ""
-                        return CrawlFailure(
-                            url, f"HTTP {resp.status_code} {reason}".strip(), resp.status_code
-                        )
-                    ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-                    if ctype not in HTML_TYPES + TEXT_TYPES + PDF_TYPES:
-                        return CrawlFailure(
-                            url, f"not an HTML page (Content-Type: {ctype or 'none'}); skipped",
-                            200,
-                        )
-                    declared = resp.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                        return self._too_large(url, int(declared))
-                    body = bytearray()
-                    async for piece in resp.aiter_bytes():
-                        body.extend(piece)
-                        if len(body) > self.max_bytes:
-                            return self._too_large(url, None)
-                    return FetchedPage(
-                        url=url, final_url=current, depth=depth, content_type=ctype,
-                        body=bytes(body), encoding=resp.charset_encoding,
-                    )
-            except TimeoutError:
-                return CrawlFailure(
-                    url, f"page deadline passed: the request took longer than "
-                    f"{self.page_deadline_s:g} s (CHAT_ENGINE_CRAWL_PAGE_DEADLINE_S)",
-                )
-            except EgressRefused as exc:
-                return CrawlFailure(url, f"refused by the egress policy: {exc}")
-            except httpx.TimeoutException:
-                return CrawlFailure(url, f"timed out after {self.timeout_s:g} s")
-            except httpx.ConnectError as exc:
-                return CrawlFailure(url, f"could not connect ({exc})")
-            except httpx.HTTPError as exc:
-                return CrawlFailure(url, f"request failed ({type(exc).__name__}: {exc})")
-        return CrawlFailure(url, f"more than {MAX_REDIRECTS} redirects")
+            self.delay_s = max(self.delay_s, crawl_delay)
 
     def _deadline_failure(self, pending: int) -> CrawlFailure:
         return CrawlFailure(
@@ -295,10 +124,6 @@ class Crawler:
             f"(CHAT_ENGINE_CRAWL_JOB_DEADLINE_S): crawling stopped with {pending} URL(s) not "
             "fetched; the pages already stored are kept",
         )
-
-    def _too_large(self, url: str, size: int | None) -> CrawlFailure:
-        got = f"{size} bytes" if size is not None else "more"
-        return CrawlFailure(url, f"page too large ({got}; limit {self.max_bytes} bytes)", 200)
 
     # ---------------------------------------------------------------- the crawl
     def _consider(self, link: str, depth: int) -> str | None:
@@ -376,7 +201,7 @@ class Crawler:
                 yield self._deadline_failure(1)
                 return
             if not self.allowed(self.start_url):
-                why = self._robots_block_all or "robots.txt disallows it"
+                why = self._robots.block_all or "robots.txt disallows it"
                 yield CrawlFailure(self.start_url, f"not crawled: {why}")
                 return
             pending = 1

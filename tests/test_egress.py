@@ -39,7 +39,8 @@ from ingestion.egress import (
     classify,
     policy_from_settings,
 )
-from ingestion.jobs import IngestSpec, _Runner, crawl_limits
+from ingestion.jobs import IngestSpec, crawl_limits
+from ingestion.jobs import JobRunner as _Runner
 from runtime.config import Settings, load_settings
 from runtime.errors import ConfigError
 
