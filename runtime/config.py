@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     )
     hosted_api_key: SecretStr | None = None
     hosted_model: str = "gpt-4o-mini"
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"gpt-4o-mini": (0.15, 0.60)},
+        description="USD per million prompt and completion tokens, by model name (JSON, e.g. "
+        '{"gpt-4o-mini": [0.15, 0.6]}; list prices of 2024-07); a model not listed costs 0 '
+        "(a self-run model's cost is its node)",
+    )
     hosted_max_concurrency: int = Field(default=16, ge=1)
     hosted_timeout_s: float = Field(default=120.0, gt=0, description="whole hosted request")
     hosted_context_window: int = Field(default=8192, ge=512)

@@ -24,6 +24,7 @@ ROUTERS: list[tuple[str, str]] = [
     ("runtime.api.kb", "router"),
     ("runtime.api.widget", "router"),
     ("runtime.api.agent", "router"),
+    ("runtime.api.usage", "router"),
     ("runtime.api.webhooks", "router"),
     ("runtime.api.outbox", "router"),
     ("runtime.api.static", "router"),

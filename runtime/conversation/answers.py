@@ -30,10 +30,11 @@ from runtime.conversation.live import LiveSession
 from runtime.conversation.payloads import source_payload
 from runtime.conversation.ports import ModelPorts
 from runtime.conversation.state import SessionState
+from runtime.conversation.usage import cost_micros, model_name, notify_credit_alert
 from runtime.db import Conn, bot_configs
-from runtime.db import escalations as esc_db
 from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
+from runtime.db import usage as usage_db
 from runtime.errors import ChatEngineError
 from runtime.models.capability import resolve_strategy
 from runtime.models.types import Final, GenerationRequest
@@ -185,11 +186,17 @@ class AnswerWriter:
         usage = final.usage if final is not None else None
         state = self._state
 
+        alert: dict[str, Any] = {}
+
         async def writes(conn: Conn) -> None:
             if usage is not None and final is not None:
-                await esc_db.record_usage(conn, live.tenant_id, live.session_id, answer_id,
-                                          final.backend, usage.prompt_tokens, usage.completion_tokens)
-            await bot_configs.consume_credit(conn, live.tenant_id)
+                model = model_name(live.settings, final.backend)
+                await usage_db.record_usage(
+                    conn, live.tenant_id, live.session_id, answer_id, final.backend, model,
+                    usage.prompt_tokens, usage.completion_tokens,
+                    cost_micros(live.settings, model, usage.prompt_tokens, usage.completion_tokens))
+            alert.clear()  # a retried transaction starts again
+            alert.update(await bot_configs.consume_credit(conn, live.tenant_id) or {})
             await sess_db.update_session(conn, live.tenant_id, live.session_id, state=state.dump())
 
         stored = await store_message(
@@ -214,3 +221,5 @@ class AnswerWriter:
         record = {"strategy": strategy, "supported_sentences": supported, "removed_sentences": removed}
         await publish_message(live.delivery, stored, msg.id, first_seq=seq,
                               done_extra={"timing": done_timing, "answer": record})
+        if alert:
+            await notify_credit_alert(live, alert)

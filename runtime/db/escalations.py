@@ -95,16 +95,3 @@ async def record_event(
     )
 
 
-async def record_usage(
-    conn: Conn, tenant_id: UUID, session_id: UUID, message_id: int, backend: str,
-    prompt_tokens: int, completion_tokens: int,
-) -> None:
-    """Token usage of one generation."""
-    await conn.execute(
-        """INSERT INTO usage (tenant_id, session_id, message_id, backend, prompt_tokens,
-                              completion_tokens)
-           VALUES ($1, $2, $3, $4, $5, $6)""",
-        tenant_id, session_id, message_id, backend, prompt_tokens, completion_tokens,
-    )
-
-
