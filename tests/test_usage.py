@@ -119,6 +119,9 @@ async def test_credits_alert_once_pause_the_bot_at_zero_and_a_grant_brings_it_ba
         assert after[0]["body"].strip()
         assert (await _balance(db, tenant.id))["credit_balance"] == 0
         assert await _alerts(db, tenant.id) == ["credits_low", "credits_exhausted"]  # not again
+        waiting = await db.fetch("SELECT status FROM messages WHERE session_id = $1 AND sender = "
+                                 "'customer' ORDER BY id", uuid.UUID(s.session_id))
+        assert [w["status"] for w in waiting] == ["answered"] * 5 + ["inbox"] * 2  # for a human
 
         # The owner's usage: 5 answers today, the balance and the grant.
         u = await client.get("/v1/usage?days=7", headers=tenant.headers)
