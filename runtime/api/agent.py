@@ -16,6 +16,7 @@ from runtime.api.session_calls import call_session
 from runtime.conversation.payloads import message_payload
 from runtime.db import escalations as esc_db
 from runtime.db import messages as msg_db
+from runtime.db import session_log as log_db
 from runtime.db import sessions as sess_db
 from runtime.errors import NotFound
 
@@ -54,6 +55,17 @@ async def session_messages(s: OwnedSession, ctx: Ctx, after: AfterId = 0) -> dic
         rows = await msg_db.list_messages(conn, s.tenant_id, s.session_id, after, include_unsent=True)
     return {"session_id": str(s.session_id), "status": s.row["status"],
             "messages": [{**message_payload(r), "status": r["status"]} for r in rows]}
+
+
+@router.get("/sessions/{session_id}/log")
+async def session_log(s: OwnedSession, ctx: Ctx) -> dict[str, Any]:
+    """The conversation's log for export, in seed 004's conversation-log shape: each message a
+    turn (the customer's with the detected intent and confidence of the bot's reply, the bot's
+    with the feature used and whether it escalated), the resolution (resolved, escalated,
+    abandoned) and the session's metadata (bot version, model, turns, duration). See
+    :func:`runtime.db.session_log.session_log`."""
+    async with ctx.pool.acquire() as conn:
+        return await log_db.session_log(conn, s.tenant_id, s.session_id)
 
 
 @router.post("/sessions/{session_id}/takeover")
