@@ -35,18 +35,22 @@ import ray
 
 from runtime.config import get_settings
 from runtime.constants import NAMESPACE, TIMEKEEPER_NAME
+from runtime.conversation.capacity import node_key
 from runtime.db import kb_jobs as kb_db
 from runtime.db import messages as msg_db
+from runtime.db import outbox as outbox_db
 from runtime.db import timers as timer_db
 from runtime.db.pool import create_pool
 from runtime.errors import CapacityExceeded, SessionPassivating
 from runtime.events import redis_client
+from runtime.metrics import metrics
 
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 30.0
 DISPATCH_RETRIES = 40  # a passivating actor refuses calls until it has exited
 HANDLE_CACHE_MAX = 10_000
+GAUGES_EVERY_S = 10.0  # the metrics agent reports every 10 s too
 
 
 class Timekeeper:
@@ -70,7 +74,7 @@ class Timekeeper:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
-        last_sweep = 0.0
+        last_sweep = last_gauges = 0.0
         while True:
             try:
                 if self._pool is None:
@@ -83,10 +87,29 @@ class Timekeeper:
                     last_sweep = time.monotonic()
                 await self._fire_due()
                 await self._recover_stale()
+                if time.monotonic() - last_gauges >= GAUGES_EVERY_S:
+                    last_gauges = time.monotonic()
+                    await self._report_gauges()
             except Exception:  # noqa: BLE001 - Postgres hiccup: try again next poll
                 self.errors += 1
                 log.exception("timer poll failed")
             await asyncio.sleep(self.settings.timekeeper_poll_s)
+
+    async def _report_gauges(self) -> None:
+        """Cluster-wide levels for the metrics export: live session actors (the unexpired
+        leases in every node's set) and outbox rows pending and dead."""
+        async with self._pool.acquire() as conn:
+            outbox = await outbox_db.counts(conn)
+        if self._redis is None:
+            assert self.settings.redis_url is not None
+            self._redis = redis_client(str(self.settings.redis_url))
+        active = 0
+        if self._redis is not None:
+            now = time.time()
+            async for key in self._redis.scan_iter(match=node_key("*"), count=500):
+                active += int(await self._redis.zcount(key, now, "+inf"))
+        metrics().gauges(active_sessions=active, outbox_pending=outbox.get("pending", 0),
+                         outbox_dead=outbox.get("dead", 0))
 
     # ------------------------------------------------------------------ inbound dispatch
     async def _ensure_listener(self) -> None:

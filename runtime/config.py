@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     redis_url: RedisDsn | None = None
     ray_address: str | None = Field(default=None, description="e.g. ray://head:10001 or auto")
     ray_num_cpus: int = Field(default=8, ge=1, description="logical CPUs when starting local Ray")
+    metrics_export_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Prometheus port of Ray's metrics agent when starting local Ray (the runtime's "
+        "chat_* metrics and Ray's own); default: one Ray picks",
+    )
 
     # --- HTTP ingress ---
     host: str = "127.0.0.1"

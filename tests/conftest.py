@@ -47,6 +47,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+METRICS_PORT = free_port()  # Ray's metrics export of this test session
+
+
 @dataclass
 class Services:
     """What the session-scoped ``services`` fixture started."""
@@ -131,6 +134,7 @@ def ray_cluster(services: Services) -> Iterator[int]:
         num_cpus=8,
         namespace="chat",
         include_dashboard=False,
+        _metrics_export_port=METRICS_PORT,  # Ray's metrics agent (Prometheus), read by test_metrics
         runtime_env={"env_vars": services.env},
         logging_level="WARNING",
     )

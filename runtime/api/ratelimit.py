@@ -23,8 +23,11 @@ from limits.errors import StorageError
 
 from runtime.config import Settings
 from runtime.errors import DependencyUnavailable, RateLimited
+from runtime.metrics import metrics
 
 log = logging.getLogger(__name__)
+# Key prefixes -> the scope a refusal is counted under (runtime.metrics, chat_rate_limited_total).
+_SCOPES = {"ip": "ip", "fail": "failures", "wt": "widget_token", "sess": "session"}
 
 _LIMITERS: dict[str, SlidingWindowCounterRateLimiter] = {}
 
@@ -63,6 +66,7 @@ async def rate_limit(ctx: Any, key: str, limit_per_min: int) -> None:
             "rate limits cannot be checked right now (Redis unavailable); try again shortly"
         ) from None
     retry = max(1, math.ceil(stats.reset_time - time.time()))
+    metrics().rate_limited(_SCOPES.get(key.split(":", 1)[0], "other"))
     raise RateLimited(
         f"too many requests: at most {limit_per_min} a minute here; try again in {retry} s",
         retry_after_s=retry,

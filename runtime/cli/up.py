@@ -59,6 +59,7 @@ def start_ray(settings: Settings, env: dict[str, str]) -> None:
         ray.init(
             num_cpus=settings.ray_num_cpus, namespace=NAMESPACE, runtime_env=runtime_env,
             include_dashboard=True, dashboard_host="127.0.0.1",
+            _metrics_export_port=settings.metrics_export_port,
         )
 
 

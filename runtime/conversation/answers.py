@@ -36,6 +36,7 @@ from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.db import usage as usage_db
 from runtime.errors import ChatEngineError
+from runtime.metrics import metrics
 from runtime.models.capability import resolve_strategy
 from runtime.models.types import Final, GenerationRequest
 from runtime.policy.output_guard import OutputGuard
@@ -213,7 +214,8 @@ class AnswerWriter:
             removed_sentences=removed,
         )
         done_timing = {**timing, "turn_ms": round((time.perf_counter() - t0) * 1000, 2)}
-        if usage is not None:
+        if usage is not None and final is not None:
+            metrics().model_ttft(final.backend, usage.ttft_ms)
             done_timing.update(model_ttft_ms=round(usage.ttft_ms, 2),
                                cached_prompt_tokens=usage.cached_prompt_tokens,
                                prompt_tokens=usage.prompt_tokens)

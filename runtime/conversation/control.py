@@ -32,6 +32,7 @@ class TurnControl:
         self.aborted = False
         self.answer_id: int | None = None
         self.tokens_sent = 0
+        self.overhead_ms: float | None = None  # the runtime's own time before the answer (metrics)
         self._hooks: list[Callable[[], None]] = []
         self._delivering: asyncio.Event | None = None
         self.finished = asyncio.Event()

@@ -29,6 +29,7 @@ from runtime.db import escalations as esc_db
 from runtime.db import sessions as sess_db
 from runtime.db import timers as timer_db
 from runtime.events import SessionEvents
+from runtime.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ async def escalate(
         customer_status="inbox" if turn else None, in_tx=writes, intent="escalation",
     )
     on_committed(record.with_(status="human_escalated"), state, due)
+    metrics().escalation(esc.signal)
     handoff = {"reason": esc.reason, "signal": esc.signal, "priority": esc.priority}
     await publish_message(delivery, stored, turn, extra_events=(("handoff", handoff),))
     await events.notify_inbox(record.tenant_id, "escalation", {

@@ -44,6 +44,7 @@ from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.db import timers as timer_db
 from runtime.errors import DependencyUnavailable, SessionPassivating
+from runtime.metrics import metrics
 from runtime.policy import make_canary
 from runtime.retrieval import search
 
@@ -101,6 +102,7 @@ class ConversationLifecycle(abc.ABC):
         async with self._activating:
             if self.live is not None:
                 return self.live
+            started = time.perf_counter()
             try:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception(is_transient), reraise=True,
@@ -116,6 +118,7 @@ class ConversationLifecycle(abc.ABC):
                         "Redis is unreachable; try again shortly") from exc
                 raise
             self.live = live
+            metrics().activation((time.perf_counter() - started) * 1000)
             loop = asyncio.get_running_loop()
             self._worker = loop.create_task(self._work())
             self._lease = loop.create_task(self._hold_lease(live))

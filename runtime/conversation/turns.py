@@ -40,9 +40,11 @@ from runtime.db import escalations as esc_db
 from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.errors import ChatEngineError
+from runtime.metrics import metrics
 
 log = logging.getLogger(__name__)
 
+_OUTCOMES = {"Answer": "answer", "Reply": "reply", "Escalate": "escalation", "ToInbox": "inbox"}
 FAILED_TEXT = "Something went wrong on our side; a person from our team will reply here."
 
 
@@ -59,12 +61,15 @@ class TurnRunner:
         """Answer customer message ``message_id`` (see the module doc). Never raises."""
         deadline = time.monotonic() + self.live.settings.turn_retry_window_s
         delay = 0.25
+        t0 = time.perf_counter()
+        outcome = "failed"
         try:
             while True:
                 try:
-                    await self._once(message_id, ctl)
+                    outcome = await self._once(message_id, ctl)
                     return
                 except Aborted:
+                    outcome = "aborted"
                     await self._best_effort(self._after_abort(message_id, ctl))
                     return
                 except Exception as exc:
@@ -74,6 +79,7 @@ class TurnRunner:
                         delay = min(delay * 2, 5.0)
                         continue
                     if ctl.aborted:
+                        outcome = "aborted"
                         await self._best_effort(self._after_abort(message_id, ctl))
                         return
                     log.exception("turn %s failed", message_id)
@@ -81,14 +87,18 @@ class TurnRunner:
                     return
         finally:
             ctl.finished.set()
+            if outcome:  # "" : nothing to do (answered already)
+                metrics().turn(outcome, (time.perf_counter() - t0) * 1000, ctl.overhead_ms)
 
-    async def _once(self, message_id: int, ctl: TurnControl) -> None:
+    async def _once(self, message_id: int, ctl: TurnControl) -> str:
+        """One attempt; returns the outcome (answer, reply, escalation, inbox; "" when the
+        message needed nothing)."""
         live = self.live
         t0 = time.perf_counter()
         async with live.pool.acquire() as conn:
             row = await msg_db.get_customer_message(conn, live.tenant_id, live.session_id, message_id)
             if row is None or row["status"] != "received":
-                return  # answered already (a repeat, or re-queued after a restart)
+                return ""  # answered already (a repeat, or re-queued after a restart)
             cfg, paused = await load_config(conn, live.tenant_id)
         ctl.checkpoint()
         if row["answer_id"] is not None and ctl.answer_id is None:
@@ -105,10 +115,12 @@ class TurnRunner:
             contact_has_email=self._contact_has_email, ctl=ctl,
         )
         timing = {"decide_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        ctl.overhead_ms = timing["decide_ms"]
         if outcome.lead is not None:
             await self._save_lead(outcome.lead)
         ctl.checkpoint()
         await self._act(msg, outcome, cfg, ctl, t0, timing)
+        return _OUTCOMES.get(type(outcome.decision).__name__, "other")
 
     async def _act(self, msg: InboundMessage, outcome: Outcome, cfg: Any, ctl: TurnControl,
                    t0: float, timing: dict[str, float]) -> None:

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from runtime.config import Settings
 from runtime.errors import BackendUnavailable, ConfigError, GenerationFailed, InvalidInput
+from runtime.metrics import metrics
 from runtime.models.backends import Backend
 from runtime.models.types import Final, GenerationRequest, StreamItem
 
@@ -189,6 +190,7 @@ class GeneratorRouter:
         if has_next:
             self._fallbacks += 1
             self._reasons[reason] += 1
+            metrics().fallback(reason)
             logger.warning("generator fallback from %s (%s: %s) for request %s",
                            name, reason, detail, route["request_id"])
         else:
