@@ -20,10 +20,13 @@ import ray
 from runtime.channels.outbox_sender import OutboxSender
 from runtime.config import get_settings
 from runtime.constants import NAMESPACE, OUTBOX_SENDER_PREFIX
+from runtime.helpdesk.sender import HELPDESK, HelpdeskSender
 
 log = logging.getLogger(__name__)
 
 CHANNEL_TYPES = ("whatsapp", "telegram", "sms", "email", "slack")
+SENDERS = (*CHANNEL_TYPES, HELPDESK)
+"""One sender per channel type, and one for every help-desk destination (tickets and leads)."""
 
 
 def sender_name(channel_type: str) -> str:
@@ -36,7 +39,8 @@ class OutboxSenderActor:
 
     def __init__(self, channel_type: str) -> None:
         self.channel_type = channel_type
-        self.sender = OutboxSender(get_settings(), [channel_type])
+        self.sender = (HelpdeskSender(get_settings()) if channel_type == HELPDESK
+                       else OutboxSender(get_settings(), [channel_type]))
         self._task = asyncio.get_running_loop().create_task(self.sender.run())
 
     async def stats(self) -> dict[str, Any]:
@@ -52,12 +56,13 @@ _REMOTE: Any = None
 
 
 def ensure_senders(env: dict[str, str] | None = None) -> list[Any]:
-    """Get or create the sender of every channel type (named, detached, restarted on failure)."""
+    """Get or create the sender of every channel type and the help-desk sender (named, detached,
+    restarted on failure)."""
     global _REMOTE
     if _REMOTE is None:
         _REMOTE = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(OutboxSenderActor)
     handles = []
-    for channel_type in CHANNEL_TYPES:
+    for channel_type in SENDERS:
         name = sender_name(channel_type)
         with contextlib.suppress(ValueError):
             handles.append(ray.get_actor(name, namespace=NAMESPACE))

@@ -275,6 +275,16 @@ class Settings(BaseSettings):
     outbox_batch: int = Field(default=20, ge=1, description="rows a sender claims at once")
     outbox_send_timeout_s: float = Field(default=15.0, gt=0, description="whole provider request")
 
+    # --- help desks: tickets and leads on escalation (runtime/helpdesk) ---
+    zendesk_api_base: str = Field(
+        default="https://{subdomain}.zendesk.com",
+        description="Zendesk Support API base; {subdomain} is the destination's subdomain",
+    )
+    inbox_url_template: str = Field(
+        default="{base}/inbox?session={session_id}",
+        description="the inbox link in tickets and Slack messages; {base} is the public base URL",
+    )
+
     # --- resource caps (beyond them: 429/503 with Retry-After, never an OOM) ---
     max_request_body_bytes: int = Field(
         default=1_000_000, ge=1024,

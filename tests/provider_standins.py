@@ -26,6 +26,21 @@ Routes, below the prefixes in ``base_urls`` (what the senders append):
 - slack  ``POST /slack/api/chat.postMessage``, ``Authorization: Bearer xoxb-…``, json or form
   ``{channel, text, thread_ts?}`` -> 200 ``{ok: true, channel, ts: "<unix>.<6 digits>", message}``;
   no token -> 200 ``{ok: false, error: "not_authed"}`` (Slack reports errors inside HTTP 200).
+- zendesk (Tickets API)  ``POST /zendesk/{subdomain}/api/v2/tickets.json``, Basic auth
+  (``{email}/token``, api token), json ``{ticket: {subject?, comment: {body}, priority?, requester?,
+  tags?, external_id?}}`` -> 201 ``{ticket: {id, url, subject, description, priority, status: "new",
+  tags, external_id, …}}`` with ``x-idempotency-lookup: miss``; the same ``Idempotency-Key`` again
+  with the same body -> the first answer with ``x-idempotency-lookup: hit`` and no new ticket;
+  with another body -> 400 (this error's shape is the stand-in's); no or wrong auth -> 401
+  ``{error: "Couldn't authenticate you"}``; no comment body or a bad priority -> 422
+  ``{error: "RecordInvalid", description: "Record validation errors", details}``.
+- webhook (a generic receiver, not a provider)  ``POST /hooks/{name}``: records the headers and
+  the raw body (``Delivery.raw``) of any JSON POST and answers 200 ``{ok: true}``; verifying a
+  signature is the test's job.
+
+``fail_next(..., after_commit=True)`` (zendesk, webhook) accepts and records the request, then
+answers with the failure anyway: the answer of a request that succeeded is lost (a gateway timeout
+after the commit), which is what makes a sender retry something already done.
 
 A request is *accepted* when it reaches a provider's success answer; only those are recorded as
 ``Delivery``. Every request, accepted or not, counts in ``attempts(provider)``.
@@ -56,10 +71,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-PROVIDERS = ("whatsapp", "telegram", "sms", "email", "slack")
+PROVIDERS = ("whatsapp", "telegram", "sms", "email", "slack", "zendesk", "webhook")
 # The credential names ``expect_credentials`` takes, per provider.
 CREDENTIALS = {"whatsapp": {"token"}, "telegram": {"token"}, "sms": {"account_sid", "auth_token"},
-               "email": {"api_key"}, "slack": {"token"}}
+               "email": {"api_key"}, "slack": {"token"}, "zendesk": {"email", "api_token"},
+               "webhook": set()}
+ZENDESK_PRIORITIES = ("low", "normal", "high", "urgent")
 
 
 @dataclass(frozen=True)
@@ -72,8 +89,9 @@ class Delivery:
     text: str  # text.body / text / Body / text / text
     payload: dict[str, Any]  # the parsed json or form body
     headers: dict[str, str]
-    provider_message_id: str  # wamid.… / message_id / SM… / <…@domain> / ts
+    provider_message_id: str  # wamid.… / message_id / SM… / <…@domain> / ts / ticket id / ""
     received_at: float = field(default_factory=time.monotonic)
+    raw: bytes = b""  # the body as received (webhook receivers check signatures over it)
 
 
 @dataclass
@@ -85,6 +103,7 @@ class _Faults:
     body: Any = None
     delay_s: float = 0.0
     creds: dict[str, str] = field(default_factory=dict)
+    after_commit: bool = False
 
 
 class _Reject(Exception):
@@ -112,6 +131,8 @@ def _fault_body(provider: str, status: int, retry_after: float | None) -> tuple[
                         "more_info": "https://www.twilio.com/docs/errors", "status": status}
     if provider == "email":
         return status, {"message": "Too many requests" if status == 429 else "Service Unavailable"}
+    if provider in ("zendesk", "webhook"):
+        return status, {"error": "Too Many Requests" if status == 429 else "Service Unavailable"}
     return status, {"ok": False, "error": "ratelimited" if status == 429 else "service_unavailable"}
 
 
@@ -140,6 +161,7 @@ class ProviderStandIns:
         self._attempts = dict.fromkeys(PROVIDERS, 0)
         self._faults = {p: _Faults() for p in PROVIDERS}
         self._ids = itertools.count(1)
+        self._zendesk_keys: dict[str, tuple[bytes, int, Any]] = {}
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -149,6 +171,8 @@ class ProviderStandIns:
             Route("/twilio/2010-04-01/Accounts/{sid}/Messages.json", self._twilio, methods=["POST"]),
             Route("/mailgun/v3/{domain}/messages", self._mailgun, methods=["POST"]),
             Route("/slack/api/chat.postMessage", self._slack, methods=["POST"]),
+            Route("/zendesk/{subdomain}/api/v2/tickets.json", self._zendesk, methods=["POST"]),
+            Route("/hooks/{name}", self._webhook, methods=["POST"]),
         ])
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -185,11 +209,15 @@ class ProviderStandIns:
         root = f"http://127.0.0.1:{self.port}"
         return {"whatsapp_api_base": f"{root}/graph/v21.0", "telegram_api_base": f"{root}/telegram",
                 "twilio_api_base": f"{root}/twilio", "mailgun_api_base": f"{root}/mailgun",
-                "slack_api_base": f"{root}/slack/api"}
+                "slack_api_base": f"{root}/slack/api", "zendesk_api_base": f"{root}/zendesk/{{subdomain}}"}
 
     def env(self) -> dict[str, str]:
-        """``CHAT_ENGINE_WHATSAPP_API_BASE`` … ``CHAT_ENGINE_SLACK_API_BASE`` pointing here."""
+        """``CHAT_ENGINE_WHATSAPP_API_BASE`` … ``CHAT_ENGINE_ZENDESK_API_BASE`` pointing here."""
         return {f"CHAT_ENGINE_{k.upper()}": v for k, v in self.base_urls.items()}
+
+    def webhook_url(self, name: str) -> str:
+        """A generic webhook receiver's URL here (``POST /hooks/{name}``)."""
+        return f"http://127.0.0.1:{self.port}/hooks/{name}"
 
     # -- records -----------------------------------------------------------------------------------
     def deliveries(self, provider: str | None = None) -> list[Delivery]:
@@ -205,6 +233,7 @@ class ProviderStandIns:
         with self._lock:
             self._deliveries.clear()
             self._attempts = dict.fromkeys(PROVIDERS, 0)
+            self._zendesk_keys.clear()
 
     def _met(self, provider: str, count: int) -> list[Delivery] | None:
         got = self.deliveries(provider)
@@ -233,11 +262,13 @@ class ProviderStandIns:
 
     # -- faults ------------------------------------------------------------------------------------
     def fail_next(self, provider: str, n: int = 1, status: int = 503, retry_after: float | None = None,
-                  body: Any = None) -> None:
-        """Fail the next ``n`` requests with ``status`` (body: the provider's error shape by default)."""
+                  body: Any = None, *, after_commit: bool = False) -> None:
+        """Fail the next ``n`` requests with ``status`` (body: the provider's error shape by default).
+        after_commit: accept (and record) each first, then answer with the failure: a lost answer."""
         with self._lock:
             f = self._faults[provider]
             f.fail_remaining, f.status, f.retry_after, f.body = n, status, retry_after, body
+            f.after_commit = after_commit
 
     def fail_always(self, provider: str, status: int = 503, retry_after: float | None = None,
                     body: Any = None) -> None:
@@ -296,6 +327,13 @@ class ProviderStandIns:
             if f.fail_remaining > 0:
                 f.fail_remaining -= 1
             status, retry_after, body, creds = f.status, f.retry_after, f.body, dict(f.creds)
+            after_commit = f.after_commit
+        if failing and after_commit:
+            with contextlib.suppress(_Reject):
+                _, done = send(payload if isinstance(payload, dict) else {}, creds)
+                if done is not None:
+                    with self._lock:
+                        self._deliveries.append(done)
         if failing:
             if provider == "slack" and status == 429 and retry_after is None:
                 retry_after = 1  # Slack always says when to come back
@@ -306,14 +344,15 @@ class ProviderStandIns:
             response, delivery = send(payload if isinstance(payload, dict) else {}, creds)
         except _Reject as rejected:
             return rejected.response
-        with self._lock:
-            self._deliveries.append(delivery)
+        if delivery is not None:  # None: a repeat the provider recognised (nothing new was done)
+            with self._lock:
+                self._deliveries.append(delivery)
         return response
 
     def _delivery(self, provider: str, request: Request, recipient: Any, text: Any, payload: dict[str, Any],
-                  message_id: str) -> Delivery:
+                  message_id: str, raw: bytes = b"") -> Delivery:
         return Delivery(provider, request.url.path, str(recipient), str(text), payload,
-                        dict(request.headers), message_id)
+                        dict(request.headers), message_id, raw=raw)
 
     # -- one handler per provider ------------------------------------------------------------------
     async def _whatsapp(self, request: Request) -> Response:
@@ -419,3 +458,66 @@ class ProviderStandIns:
                     self._delivery("slack", request, p["channel"], p.get("text", ""), p, ts))
 
         return await self._handle("slack", request, send)
+
+    async def _zendesk(self, request: Request) -> Response:
+        raw = await request.body()
+
+        def send(p: dict[str, Any], creds: dict[str, str]) -> tuple[Response, Delivery | None]:
+            auth = _basic_auth(request)
+            email, _, token_word = (auth[0] if auth else "").rpartition("/")
+            wrong = auth is None or token_word != "token" or not email
+            if not wrong and auth is not None:
+                wrong = creds.get("email", email) != email or creds.get("api_token", auth[1]) != auth[1]
+            if wrong:
+                raise _Reject(JSONResponse({"error": "Couldn't authenticate you"}, status_code=401))
+            key = request.headers.get("idempotency-key")
+            if key:
+                with self._lock:
+                    seen = self._zendesk_keys.get(key)
+                if seen is not None:
+                    if seen[0] != raw:
+                        raise _Reject(JSONResponse({"error": "IdempotentRequestError",
+                                                    "description": "the key was used with another body"},
+                                                   status_code=400))
+                    return JSONResponse(seen[2], status_code=seen[1],
+                                        headers={"x-idempotency-lookup": "hit"}), None
+            t = p.get("ticket") if isinstance(p.get("ticket"), dict) else {}
+            comment = t.get("comment") if isinstance(t.get("comment"), dict) else {}
+            errors = {}
+            if not comment.get("body"):
+                errors["description"] = [{"description": "Description: cannot be blank",
+                                          "error": "BlankValue"}]
+            if t.get("priority") is not None and t["priority"] not in ZENDESK_PRIORITIES:
+                errors["priority"] = [{"description": "Priority: is invalid", "error": "InvalidValue"}]
+            if errors:
+                invalid = {"error": "RecordInvalid", "description": "Record validation errors",
+                           "details": errors}
+                raise _Reject(JSONResponse(invalid, status_code=422))
+            ticket_id = next(self._ids)
+            sub = request.path_params["subdomain"]
+            ticket = {"id": ticket_id, "url": f"https://{sub}.zendesk.com/api/v2/tickets/{ticket_id}.json",
+                      "subject": t.get("subject"), "description": comment["body"],
+                      "priority": t.get("priority"),
+                      "status": "new", "tags": t.get("tags") or [], "external_id": t.get("external_id"),
+                      "requester_id": 1000 + ticket_id,
+                      "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            answer = {"ticket": ticket}
+            if key:
+                with self._lock:
+                    self._zendesk_keys[key] = (raw, 201, answer)
+            return (JSONResponse(answer, status_code=201, headers={"x-idempotency-lookup": "miss",
+                                                                    "Location": ticket["url"]}),
+                    self._delivery("zendesk", request, sub, comment["body"], p, str(ticket_id), raw))
+
+        return await self._handle("zendesk", request, send)
+
+    async def _webhook(self, request: Request) -> Response:
+        raw = await request.body()
+
+        def send(p: dict[str, Any], creds: dict[str, str]) -> tuple[Response, Delivery]:
+            name = request.path_params["name"]
+            return (JSONResponse({"ok": True}),
+                    self._delivery("webhook", request, name, request.headers.get("x-chatengine-event", ""), p,
+                                   "", raw))
+
+        return await self._handle("webhook", request, send)

@@ -26,14 +26,17 @@ OutboxStatus = Literal["pending", "sending", "sent", "dead"]
 
 
 class OutboxRow(BaseModel):
-    """One message to send on a messaging channel, and how its delivery went.
+    """One message to send on a messaging channel (``channel_id``), or one ticket or lead for a
+    help-desk destination (``helpdesk_id``; ``text`` then names the event), and how its delivery
+    went.
 
     attempts: sends tried; next_attempt_at: when a pending row is due; last_error: the newest
     failure (the provider's error for a dead row); parts_sent: pieces of a split text accepted;
     delivery_status: the provider's latest report (sent, delivered, read, failed)."""
 
     id: int
-    channel_id: UUID
+    channel_id: UUID | None
+    helpdesk_id: UUID | None = None
     session_id: UUID | None
     message_id: int | None
     recipient: str | None
@@ -54,7 +57,11 @@ class OutboxRow(BaseModel):
 def _row(r: Any) -> OutboxRow:
     body = r["body"] or {}
     fields = {k: r[k] for k in OutboxRow.model_fields if k != "text"}
-    return OutboxRow(**fields, text=str(body.get("text", "")))
+    text = body.get("text")
+    if text is None and body.get("event"):  # a help-desk row: "ticket.created <id>: <subject>"
+        item = body.get("ticket") or body.get("lead") or {}
+        text = f"{body['event']} {item.get('id', '')}: {item.get('subject') or item.get('email') or ''}"
+    return OutboxRow(**fields, text=str(text or ""))
 
 
 @router.get("", response_model=list[OutboxRow])

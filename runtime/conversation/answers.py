@@ -36,6 +36,7 @@ from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.db import usage as usage_db
 from runtime.errors import ChatEngineError
+from runtime.helpdesk.notices import email_credit_alert
 from runtime.metrics import metrics
 from runtime.models.capability import resolve_strategy
 from runtime.models.types import Final, GenerationRequest
@@ -198,6 +199,8 @@ class AnswerWriter:
                     cost_micros(live.settings, model, usage.prompt_tokens, usage.completion_tokens))
             alert.clear()  # a retried transaction starts again
             alert.update(await bot_configs.consume_credit(conn, live.tenant_id) or {})
+            if alert:
+                await email_credit_alert(conn, live.tenant_id, alert)
             await sess_db.update_session(conn, live.tenant_id, live.session_id, state=state.dump())
 
         stored = await store_message(

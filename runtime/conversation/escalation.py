@@ -2,7 +2,8 @@
 
 :func:`escalate` commits everything an escalation is in one transaction (the session's status,
 reason and question, the escalation row with its priority, an analytics event, the durable SLA
-timer, the polite message to the customer and its delivery), then the caller's memory changes,
+timer, the ticket (and lead) with their help-desk sends (:mod:`runtime.helpdesk.tickets`), the
+polite message to the customer and its delivery), then the caller's memory changes,
 then the events go out (``message``, ``handoff``, ``done``; the inbox notification). A failed
 transaction changes nothing: memory and Postgres keep agreeing.
 
@@ -22,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 from runtime.bot_config import BotConfig
+from runtime.config import get_settings
 from runtime.conversation.delivery import Delivery, publish_message, store_message
 from runtime.conversation.state import SessionRecord, SessionState
 from runtime.db import Conn
@@ -29,6 +31,7 @@ from runtime.db import escalations as esc_db
 from runtime.db import sessions as sess_db
 from runtime.db import timers as timer_db
 from runtime.events import SessionEvents
+from runtime.helpdesk.tickets import open_ticket
 from runtime.metrics import metrics
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ async def escalate(
             "question": esc.question, "priority": esc.priority, "detail": esc.detail,
         })
         await timer_db.set_timer(conn, record.tenant_id, record.session_id, "sla", due)
+        ids.update(await _ticket(conn, record, cfg, esc, ids["escalation"]))
 
     text = cfg.could_not_answer_message if esc.signal == "low_coverage" else cfg.handoff_message
     stored = await store_message(
@@ -93,8 +97,29 @@ async def escalate(
     await events.notify_inbox(record.tenant_id, "escalation", {
         "session_id": record.session_id, "escalation_id": ids["escalation"], "reason": esc.reason,
         "signal": esc.signal, "question": esc.question, "priority": esc.priority,
+        "ticket_id": ids.get("ticket"),
     })
     return stored.payload
+
+
+async def _ticket(conn: Conn, record: SessionRecord, cfg: BotConfig, esc: Escalation,
+                  escalation_id: UUID) -> dict[str, UUID]:
+    """The escalation's ticket, in a savepoint of its transaction: ``{"ticket": id}``. A ticket
+    that cannot be written must not stop the handoff: the savepoint is rolled back, a
+    ``ticket_failed`` event is recorded with the error, and the escalation commits without it."""
+    try:
+        async with conn.transaction():
+            made = await open_ticket(
+                conn, get_settings(), cfg, tenant_id=record.tenant_id, session_id=record.session_id,
+                contact_id=record.contact_id, channel_type=record.channel_type,
+                escalation_id=escalation_id, reason=esc.reason, signal=esc.signal,
+                question=esc.question, priority=esc.priority)
+    except Exception as exc:  # noqa: BLE001 - the customer's handoff goes on without a ticket
+        log.exception("session %s: the escalation's ticket failed", record.session_id)
+        await esc_db.record_event(conn, record.tenant_id, record.session_id, "ticket_failed", {
+            "escalation_id": str(escalation_id), "error": f"{type(exc).__name__}: {exc}"[:500]})
+        return {}
+    return {"ticket": made["ticket_id"]}
 
 
 class SlaTimer:

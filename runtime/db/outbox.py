@@ -21,7 +21,7 @@ from runtime.db import Conn
 OUTBOX_COLUMNS = """o.id, o.tenant_id, o.channel_id, o.session_id, o.message_id, o.recipient, o.body,
     o.status, o.attempts, o.next_attempt_at, o.lease_until, o.last_error, o.provider_message_id,
     o.created_at, o.sent_at, o.parts_sent, o.provider_message_ids, o.delivery_status,
-    o.delivery_status_at, o.delivery_error"""
+    o.delivery_status_at, o.delivery_error, o.helpdesk_id"""
 
 NOTIFY_CHANNEL = "outbox"
 """Postgres LISTEN/NOTIFY channel: a row was enqueued (delivered at commit); senders wake at once."""
@@ -52,7 +52,8 @@ async def claim_due(
     A row is due when it is pending (or its sending lease expired) and its ``next_attempt_at`` has
     passed, and no earlier row of its session is still unsent. Returns the claimed rows (status
     ``sending``, ``attempts`` incremented) with the channel's ``channel_type``, the session's
-    ``thread`` and the customer's last message time ``last_customer_at``, oldest first.
+    ``thread`` and the customer's last message time ``last_customer_at``, oldest first. Rows for
+    help-desk destinations (``helpdesk_id``) are neither claimed here nor wait for.
     with_credentials: only rows of channels that have stored credentials (a sender cannot send
     for the others; their rows wait, visible in the outbox, until the channel is set up).
     """
@@ -64,7 +65,7 @@ async def claim_due(
                  AND (o.status = 'pending' OR (o.status = 'sending' AND o.lease_until < now()))
                  AND NOT EXISTS (
                      SELECT 1 FROM outbox e WHERE e.session_id = o.session_id AND e.id < o.id
-                       AND e.status IN ('pending', 'sending'))
+                       AND e.helpdesk_id IS NULL AND e.status IN ('pending', 'sending'))
                ORDER BY o.id LIMIT $2 FOR UPDATE OF o SKIP LOCKED)
             UPDATE outbox o SET status = 'sending', attempts = o.attempts + 1,
                    lease_until = now() + make_interval(secs => $3), updated_at = now()
@@ -164,16 +165,19 @@ async def list_rows(
 
 
 async def redrive(
-    conn: Conn, tenant_id: UUID, *, outbox_id: int | None = None, channel_id: UUID | None = None
+    conn: Conn, tenant_id: UUID, *, outbox_id: int | None = None, channel_id: UUID | None = None,
+    helpdesk_id: UUID | None = None,
 ) -> int:
-    """Put dead rows back to ``pending`` now (one row, or all of a channel); returns how many.
-    Pieces already accepted stay counted, so a re-drive sends only the rest."""
+    """Put dead rows back to ``pending`` now (one row, or all of a channel or of a help-desk
+    destination); returns how many. Pieces already accepted stay counted, so a re-drive sends
+    only the rest."""
     res = await conn.execute(
         """UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = now(),
                updated_at = now()
            WHERE tenant_id = $1 AND status = 'dead'
-             AND ($2::bigint IS NULL OR id = $2) AND ($3::uuid IS NULL OR channel_id = $3)""",
-        tenant_id, outbox_id, channel_id,
+             AND ($2::bigint IS NULL OR id = $2) AND ($3::uuid IS NULL OR channel_id = $3)
+             AND ($4::uuid IS NULL OR helpdesk_id = $4)""",
+        tenant_id, outbox_id, channel_id, helpdesk_id,
     )
     n = int(res.split()[-1])
     if n:
