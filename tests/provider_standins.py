@@ -276,11 +276,12 @@ class ProviderStandIns:
         with self._lock:
             f = self._faults[provider]
             f.fail_always, f.status, f.retry_after, f.body = True, status, retry_after, body
+            f.after_commit = False
 
     def recover(self, provider: str) -> None:
         with self._lock:
             f = self._faults[provider]
-            f.fail_always, f.fail_remaining = False, 0
+            f.fail_always, f.fail_remaining, f.after_commit = False, 0, False
 
     def delay(self, provider: str, seconds: float) -> None:
         """Answer each request after ``seconds``; abandoned ones (client gone) are not recorded."""

@@ -66,7 +66,7 @@ async def add_destinations(client: httpx.AsyncClient, tenant: TenantInfo, servic
                            tag: str) -> dict[str, Any]:
     """A webhook (generated secret), a Zendesk and a Slack destination, named after ``tag`` so
     this test's requests can be told apart on the shared stand-ins."""
-    out: dict[str, Any] = {"hook": f"hook-{tag}", "subdomain": f"acme-{tag}", "slack": f"C{tag.upper()}01"}
+    out: dict[str, Any] = {"hook": f"hook-{tag}", "subdomain": f"acme-{tag}", "slack": f"C{tag.upper()}0001"}
     r = await client.post("/v1/helpdesks", headers=tenant.headers, json={
         "kind": "webhook", "config": {"url": services.standins.webhook_url(out["hook"])}})
     assert r.status_code == 201, r.text
@@ -347,18 +347,26 @@ async def test_credit_alerts_email_the_owner_through_mailgun(
         "question": "When is the shop open on Saturdays?", "answer": "On Saturdays we open 9 am to 4 pm."})
     assert r.status_code in (200, 201), r.text
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    r = await client.put(f"/v1/tenants/{tenant_id}/credits", headers=admin, json={"credits": 2})
+    r = await client.put(f"/v1/tenants/{tenant_id}/credits", headers=admin, json={"credits": 5})
+    assert r.status_code == 200, r.text
+    # Extractive answers (no generation) keep five answers quick; each takes a credit all the same.
+    r = await client.patch("/v1/bot-config", headers=headers, json={"answer_strategy": "extractive"})
     assert r.status_code == 200, r.text
     channel = await widget_channel(client, headers)
     s = await new_session(client, channel["widget_token"])
-    assert kinds(await ask(client, s, "When is the shop open on Saturdays?"))[-1] == "done"  # 1 of 2 left
+    for _ in range(3):
+        assert kinds(await ask(client, s, "When is the shop open on Saturdays?"))[-1] == "done"
+    await settle()
+    assert await deliveries_to(services.standins, "email", owner_email, 0) == []  # 2 of 5 left: no alert yet
+    assert kinds(await ask(client, s, "When is the shop open on Saturdays?"))[-1] == "done"  # 1 of 5 left
     [low] = await deliveries_to(services.standins, "email", owner_email, 1)
     assert low.payload["subject"] == "Credit Shop: your assistant has used 80% of its credits"
-    assert "1 of 2 credits left" in low.text
+    assert "1 of 5 credits left" in low.text
     assert kinds(await ask(client, s, "When is the shop open on Saturdays?"))[-1] == "done"  # 0 left
     mails = await deliveries_to(services.standins, "email", owner_email, 2)
     assert mails[1].payload["subject"] == "Credit Shop: your assistant is out of credits and paused"
     assert mails[1].payload["from"] == "Acme Support <support@acme-support.com>"
     assert not any(m.payload["subject"].lower().startswith("re:") for m in mails)
+    await ask(client, s, "Hello?")  # paused now: no answer, no credit, no third email
     await settle()
     assert len(await deliveries_to(services.standins, "email", owner_email, 2)) == 2  # once per level

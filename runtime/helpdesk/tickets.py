@@ -13,6 +13,8 @@ commit together or not at all.
 - Summary: extractive, no model: the escalation's reason, then the customer's key messages (the
   first substantive one, how the conversation began, and the last few; greetings, thanks and
   repeats left out), each cut at :data:`QUOTE_CHARS` characters.
+- Contact: the contact's name, email and phone, else an email or an international phone number
+  the customer wrote (the ticket's requester).
 - Lead: when lead capture already captured one in the session it is attached; otherwise one is
   created when the contact left an email or a phone (on the contact, or written in a message)
   and the customer's messages show a buying signal (pricing, a quote, a demo, buying, a trial,
@@ -24,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -198,6 +200,10 @@ def event(kind: str, **data: Any) -> dict[str, Any]:
             "created_at": datetime.now(UTC).isoformat(), **data}
 
 
+def _newest(find: Callable[[str], str | None], messages: list[str]) -> str | None:
+    return next((found for found in map(find, reversed(messages)) if found), None)
+
+
 async def _lead_for(
     conn: Conn, tenant_id: UUID, session_id: UUID, contact_id: UUID | None, messages: list[str],
     contact: dict[str, str | None], cfg: BotConfig, question: str | None,
@@ -205,14 +211,13 @@ async def _lead_for(
     """The session's lead to carry: the captured one (completed), a new one, or None."""
     topics = [t for rule in cfg.lead_capture for t in rule.topics]
     signal = buying_signal(messages, topics)
-    phone = contact.get("phone") or next((p for p in map(phone_in, reversed(messages)) if p), None)
+    email, phone = contact.get("email"), contact.get("phone")
     existing = await ticket_db.session_lead(conn, tenant_id, session_id)
     if existing is not None:
         return await ticket_db.complete_lead(conn, tenant_id, existing["id"], phone=phone,
                                              name=contact.get("name"),
                                              buying_signal=signal or (f"topic:{existing['topic']}"
                                                                       if existing["topic"] else None))
-    email = contact.get("email") or next((e for e in map(extract_email, reversed(messages)) if e), None)
     if signal is None or not (email or phone):
         return None
     topic = signal.removeprefix("topic:") if signal.startswith("topic:") else None
@@ -235,6 +240,10 @@ async def open_ticket(
     """
     messages = await ticket_db.customer_messages(conn, tenant_id, session_id)
     contact = await ticket_db.contact_details(conn, tenant_id, contact_id)
+    # An address or number the customer wrote counts too (the newest one), for the ticket's
+    # requester as for a lead; the contact record itself is left as it is.
+    contact["email"] = contact["email"] or _newest(extract_email, messages)
+    contact["phone"] = contact["phone"] or _newest(phone_in, messages)
     lead = await _lead_for(conn, tenant_id, session_id, contact_id, messages, contact, cfg, question)
     if lead is not None:
         contact = {k: contact.get(k) or lead[k] for k in ("name", "email", "phone")}
