@@ -1,7 +1,9 @@
-"""Outbox senders: one detached Ray actor per messaging channel type, draining the ``outbox``.
+"""Outbox senders: one detached Ray actor per messaging channel type, draining the ``outbox``,
+and one (``outbox-sender:helpdesk``) for the rows of help-desk destinations (tickets and leads).
 
-A thin shell around :class:`runtime.channels.outbox_sender.OutboxSender` (which tests drive
-without Ray): a name (``outbox-sender:<type>``), a detached lifetime, restart on failure, and
+A thin shell around :class:`runtime.channels.outbox_sender.OutboxSender` or
+:class:`runtime.helpdesk.sender.HelpdeskSender` (which tests drive without Ray): a name
+(``outbox-sender:<type>``), a detached lifetime, restart on failure, and
 ``num_cpus=0`` (a sender waits on the network, not the CPU). Rows survive a restart: a new or
 restarted sender picks up pending rows and rows whose lease expired. Several senders of one type
 (on other nodes, or two replicas during a rollout) are safe: row leases keep them apart.
