@@ -275,6 +275,12 @@ class Settings(BaseSettings):
     outbox_batch: int = Field(default=20, ge=1, description="rows a sender claims at once")
     outbox_send_timeout_s: float = Field(default=15.0, gt=0, description="whole provider request")
 
+    # --- actions: order status and bookings (issue 15) ---
+    action_config_cache_s: float = Field(
+        default=15.0, ge=0,
+        description="seconds a session actor keeps the tenant's action setup (order source, services)",
+    )
+
     # --- resource caps (beyond them: 429/503 with Retry-After, never an OOM) ---
     max_request_body_bytes: int = Field(
         default=1_000_000, ge=1024,
