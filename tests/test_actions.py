@@ -215,7 +215,7 @@ class _ShopApi(BaseHTTPRequestHandler):
         elif order is None:
             code, body = 404, {"error": "not found"}
         else:
-            code, body = 200, {"order": order}
+            code, body = 200, order
         raw = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
