@@ -29,7 +29,8 @@ async def _service(client: httpx.AsyncClient, tenant: TenantInfo, name: str) -> 
 
 
 async def _free(client: httpx.AsyncClient, tenant: TenantInfo, service_id: str) -> list[dict[str, Any]]:
-    r = await client.get("/v1/bookings/availability", headers=tenant.headers, params={"service_id": service_id})
+    r = await client.get("/v1/bookings/availability", headers=tenant.headers,
+                         params={"service_id": service_id})
     assert r.status_code == 200, r.text
     return list(r.json())
 
@@ -62,7 +63,8 @@ async def test_api_race_for_one_slot_books_it_once(client: httpx.AsyncClient, te
     # Cancelling frees the place; a second cancel is a conflict.
     r = await client.post(f"/v1/bookings/{booked['id']}/cancel", headers=tenant.headers)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    assert (await client.post(f"/v1/bookings/{booked['id']}/cancel", headers=tenant.headers)).status_code == 409
+    again = await client.post(f"/v1/bookings/{booked['id']}/cancel", headers=tenant.headers)
+    assert again.status_code == 409
     assert (await _free(client, tenant, svc["id"]))[0]["id"] == slot
 
 
