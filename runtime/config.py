@@ -285,6 +285,12 @@ class Settings(BaseSettings):
         description="the inbox link in tickets and Slack messages; {base} is the public base URL",
     )
 
+    # --- actions: order status and bookings (issue 15) ---
+    action_config_cache_s: float = Field(
+        default=15.0, ge=0,
+        description="seconds a session actor keeps the tenant's action setup (order source, services)",
+    )
+
     # --- resource caps (beyond them: 429/503 with Retry-After, never an OOM) ---
     max_request_body_bytes: int = Field(
         default=1_000_000, ge=1024,

@@ -176,3 +176,18 @@ class CapacityExceeded(ChatEngineError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # raised in the Timekeeper or an actor, crosses Ray
         return (type(self), (self.message, self.retry_after_s))
+
+
+class SlotUnavailable(Conflict):
+    """The booking slot is full, has passed or is gone (409): pick another free time
+    (``GET /v1/bookings/availability``)."""
+
+    code = "slot_unavailable"
+
+
+class ActionSourceUnavailable(ChatEngineError):
+    """The tenant's own system behind an action (the orders database or endpoint) timed out,
+    refused the connection or answered with an error (503); the customer is offered a human."""
+
+    status_code = 503
+    code = "action_source_unavailable"

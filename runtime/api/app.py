@@ -28,6 +28,7 @@ ROUTERS: list[tuple[str, str]] = [
     ("runtime.api.webhooks", "router"),
     ("runtime.api.outbox", "router"),
     ("runtime.api.helpdesks", "router"),
+    ("runtime.api.actions", "router"),
     ("runtime.api.static", "router"),
 ]
 

@@ -73,7 +73,17 @@ class Answer:
     coverage: dict[str, Any] = field(default_factory=dict)
 
 
-Decision = Reply | Escalate | ToInbox | Answer
+@dataclass(frozen=True)
+class Act:
+    """Run an action (:mod:`runtime.actions`): ``request`` is the validated structured request
+    (``{"action": "order_status", "op": "lookup", "order_id": ..., "verify": {...}}``, a booking
+    op...) that :meth:`runtime.actions.engine.ActionEngine.execute` carries out; its result is
+    said like a :class:`Reply` or escalates."""
+
+    request: dict[str, Any]
+
+
+Decision = Reply | Escalate | ToInbox | Answer | Act
 
 
 @dataclass(frozen=True)

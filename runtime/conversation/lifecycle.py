@@ -27,6 +27,7 @@ from uuid import UUID
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+from runtime.actions.engine import ActionEngine
 from runtime.answering.intents import IntentClassifier
 from runtime.config import Settings
 from runtime.conversation.capacity import LEASE_REFRESH_S, hold_lease, release_lease
@@ -150,7 +151,9 @@ class ConversationLifecycle(abc.ABC):
             return await search(res.pool, None, self.tenant_id, question, k=self.settings.retrieval_k,
                                 query_embedding=vec)
 
-        self._runner = TurnRunner(live, self.models, TurnPipeline(self.models, retrieve, self.intents))
+        actions = ActionEngine(res.pool, self.settings, self.tenant_id, self.models.embed_many)
+        self._runner = TurnRunner(live, self.models, TurnPipeline(self.models, retrieve, self.intents,
+                                                                  actions=actions))
         if sum(self._enqueue(int(m["id"])) for m in pending):  # a turn acts only on `received`
             log.info("session %s re-queued %d unanswered message(s)", self.session_id, len(pending))
         if sla_due is not None:

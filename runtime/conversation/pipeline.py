@@ -5,7 +5,9 @@ it: the inbox (a human has the session, or the bot is paused), the media-only no
 signals (tenant keywords, a request for a human, sentiment, repeated failure, amounts, prompt
 injection), lead capture (ask for an email before a gated topic; take the email; answer the held-
 back question), intent signals matched in embedding space (refund, billing dispute, legal threat,
-wants a human: escalate; off-topic by a precise rule: a polite refusal), then retrieval and the
+wants a human: escalate), actions (:mod:`runtime.actions`: a pending action step first, right after
+the policy; then a message that triggers an action the tenant set up: order status, bookings), small
+talk and off-topic by a precise rule (a polite refusal), then retrieval and the
 coverage decision: answer from the chunks, or escalate as "could not answer" (off-topic by
 resemblance is refused instead, and only when the knowledge base does not cover the question).
 Every await is followed by an abort checkpoint, so a takeover during embedding or search stops the
@@ -20,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.actions.engine import ActionEngine
+from runtime.actions.types import ActionSession, Step
 from runtime.answering.coverage import assess_coverage
 from runtime.answering.intents import IntentClassifier, refusal_text
 from runtime.bot_config import BotConfig
@@ -27,6 +31,7 @@ from runtime.conversation.control import TurnControl
 from runtime.conversation.decisions import (
     INVALID_EMAIL_REPLY,
     MEDIA_ONLY_REPLY,
+    Act,
     Answer,
     CapturedLead,
     Escalate,
@@ -59,25 +64,45 @@ ESCALATING_INTENTS = {
 }
 
 
+def step_outcome(step: Step, question: str, state: SessionState,
+                 lead: CapturedLead | None = None) -> Outcome:
+    """An action step as a turn decision: a Reply, an Act (a request to execute) or an Escalate;
+    the state carries the action's pending step and failed-lookup count."""
+    update: dict[str, Any] = {"action": step.pending}
+    if step.failures is not None:
+        update["action_failures"] = step.failures
+    new = state.model_copy(update=update)
+    if step.handoff is not None:
+        h = step.handoff
+        return Outcome(Escalate(h.reason, h.signal, question, h.detail, h.priority),
+                       new.model_copy(update={"action": None}), lead)
+    if step.request is not None:
+        return Outcome(Act(step.request), new, lead)
+    return Outcome(Reply(step.text, step.intent), new, lead)
+
+
 class TurnPipeline:
     """Decides one turn. models: embeddings (and the intent examples' embeddings); retrieve:
     ``(question, question_vec) -> chunks`` best first; intents: the shared classifier (its
-    examples are embedded once per process)."""
+    examples are embedded once per process); actions: the session's action engine (None: no
+    actions, e.g. tests without a database)."""
 
     def __init__(self, models: ModelPorts, retrieve: Retrieve, intents: IntentClassifier,
-                 policy: PolicyEngine | None = None) -> None:
+                 policy: PolicyEngine | None = None, actions: ActionEngine | None = None) -> None:
         self.models = models
         self.retrieve = retrieve
         self.intents = intents
         self.policy = policy or PolicyEngine()
+        self.actions = actions
 
     async def decide(
         self, msg: InboundMessage, cfg: BotConfig, state: SessionState, *, status: str,
         paused: bool, contact_has_email: Callable[[], Awaitable[bool]], ctl: TurnControl,
+        who: ActionSession | None = None,
     ) -> Outcome:
         """The decision for ``msg``. status: the session's status now; paused: the tenant's bot
-        is paused or out of credit. Raises Aborted (at a checkpoint) and what the models and
-        Postgres raise."""
+        is paused or out of credit; who: the customer, for actions (None: no actions). Raises
+        Aborted (at a checkpoint) and what the models and Postgres raise."""
         if status != "ai_handled":
             return Outcome(ToInbox(f"the session is {status}"), state)
         if paused:
@@ -99,6 +124,14 @@ class TurnPipeline:
             return Outcome(Escalate(decision.reason or "policy", decision.signal, text,
                                     decision.detail), state)
 
+        actions = self.actions if who is not None else None
+        if actions is not None and who is not None and state.action is not None:
+            step = await actions.resume(text, state.action, who)
+            ctl.checkpoint()
+            if step is not None:
+                return step_outcome(step, text, state)
+            state = state.model_copy(update={"action": None})  # not an answer to it: move on
+
         question, lead, state = await self._lead_capture(text, cfg, state, contact_has_email, ctl)
         if isinstance(question, Reply):
             return Outcome(question, state)
@@ -113,6 +146,11 @@ class TurnPipeline:
                                     {"score": round(float(intent.score), 4),
                                      "example": intent.example, "via": intent.via},
                                     intent.priority or "normal"), state, lead)
+        if actions is not None and who is not None:
+            step = await actions.start(question, vec, who)
+            ctl.checkpoint()
+            if step is not None:
+                return step_outcome(step, question, state, lead)
         if intent is not None and intent.intent in SMALL_TALK:
             text_out = cfg.greeting if intent.intent == "greeting" else SMALL_TALK[intent.intent]
             return Outcome(Reply(text_out, intent.intent), state, lead)

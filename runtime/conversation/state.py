@@ -14,6 +14,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.actions.types import PendingAction
+
 SessionStatus = Literal["ai_handled", "human_escalated", "human_assigned", "closed"]
 
 
@@ -29,13 +31,17 @@ class PendingLead(BaseModel):
 class SessionState(BaseModel):
     """``sessions.state``: lead: the question waiting for an email; weak_streak: consecutive
     answers whose coverage was weak (the repeated-failure signal); paused_notice_sent: the
-    customer was told the bot is paused (told once per session)."""
+    customer was told the bot is paused (told once per session); action: an action step waiting
+    for the customer (an order id, a verification, a time to book); action_failures: failed order
+    lookups in this conversation (bounded, so order ids cannot be enumerated)."""
 
     model_config = ConfigDict(extra="ignore")
 
     lead: PendingLead | None = None
     weak_streak: int = Field(default=0, ge=0)
     paused_notice_sent: bool = False
+    action: PendingAction | None = None
+    action_failures: int = Field(default=0, ge=0)
 
     @classmethod
     def load(cls, raw: dict[str, Any] | None) -> SessionState:

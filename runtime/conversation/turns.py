@@ -17,9 +17,11 @@ import logging
 import time
 from typing import Any
 
+from runtime.actions.types import ActionSession
 from runtime.conversation.answers import AnswerWriter, CouldNotAnswer
 from runtime.conversation.control import Aborted, TurnControl
 from runtime.conversation.decisions import (
+    Act,
     Answer,
     CapturedLead,
     Escalate,
@@ -32,7 +34,7 @@ from runtime.conversation.delivery import send_message
 from runtime.conversation.escalation import Escalation, escalate
 from runtime.conversation.faults import is_transient
 from runtime.conversation.live import LiveSession, load_config
-from runtime.conversation.pipeline import TurnPipeline
+from runtime.conversation.pipeline import TurnPipeline, step_outcome
 from runtime.conversation.ports import ModelPorts
 from runtime.db import Conn
 from runtime.db import contacts as contact_db
@@ -44,7 +46,11 @@ from runtime.metrics import metrics
 
 log = logging.getLogger(__name__)
 
-_OUTCOMES = {"Answer": "answer", "Reply": "reply", "Escalate": "escalation", "ToInbox": "inbox"}
+_OUTCOMES = {"Answer": "answer", "Reply": "reply", "Escalate": "escalation", "ToInbox": "inbox",
+             "Act": "action"}
+# Action requests that change something: executed inside the delivery section, so a takeover
+# waits for the change and its confirmation rather than cutting between them.
+_WRITE_OPS = frozenset({"create", "cancel"})
 FAILED_TEXT = "Something went wrong on our side; a person from our team will reply here."
 
 
@@ -112,7 +118,7 @@ class TurnRunner:
         msg = InboundMessage(message_id, row["text"], list(row["attachments"] or []))
         outcome = await self.pipeline.decide(
             msg, cfg, live.state, status=live.record.status, paused=paused,
-            contact_has_email=self._contact_has_email, ctl=ctl,
+            contact_has_email=self._contact_has_email, ctl=ctl, who=self._who(),
         )
         timing = {"decide_ms": round((time.perf_counter() - t0) * 1000, 2)}
         ctl.overhead_ms = timing["decide_ms"]
@@ -125,7 +131,9 @@ class TurnRunner:
     async def _act(self, msg: InboundMessage, outcome: Outcome, cfg: Any, ctl: TurnControl,
                    t0: float, timing: dict[str, float]) -> None:
         live, d = self.live, outcome.decision
-        if isinstance(d, Answer):
+        if isinstance(d, Act):
+            await self._run_action(msg, d, outcome, cfg, ctl, t0, timing)
+        elif isinstance(d, Answer):
             try:
                 await self.answers.answer(msg, d, cfg, ctl, t0, timing, outcome.state)
             except CouldNotAnswer as exc:
@@ -151,6 +159,29 @@ class TurnRunner:
                                        in_tx=self._state_writer(outcome), intent="paused")
                     live.state = outcome.state
                 await self._to_inbox(msg)
+
+    def _who(self) -> ActionSession:
+        record = self.live.record
+        return ActionSession(record.channel_type, record.contact_ref, record.contact_id, record.session_id)
+
+    async def _run_action(self, msg: InboundMessage, d: Act, outcome: Outcome, cfg: Any,
+                          ctl: TurnControl, t0: float, timing: dict[str, float]) -> None:
+        """Execute an action request (the tenant's source, the bookings) and say its result."""
+        engine = self.pipeline.actions
+        assert engine is not None, "an Act comes only from a pipeline with actions"
+        who, failures = self._who(), outcome.state.action_failures
+        if d.request.get("op") in _WRITE_OPS:
+            async with ctl.delivering():
+                step = await engine.execute(d.request, who, failures)
+                result = step_outcome(step, msg.text, outcome.state, outcome.lead)
+                await self._act(msg, result, cfg, ctl, t0, timing)
+            return
+        step = await engine.execute(d.request, who, failures)
+        ctl.checkpoint()
+        result = step_outcome(step, msg.text, outcome.state, outcome.lead)
+        if isinstance(result.decision, Act):
+            raise RuntimeError(f"an executed action asked for another request: {d.request}")
+        await self._act(msg, result, cfg, ctl, t0, timing)
 
     def _state_writer(self, outcome: Outcome) -> Any:
         live = self.live
