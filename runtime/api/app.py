@@ -27,6 +27,7 @@ ROUTERS: list[tuple[str, str]] = [
     ("runtime.api.usage", "router"),
     ("runtime.api.webhooks", "router"),
     ("runtime.api.outbox", "router"),
+    ("runtime.api.analytics", "router"),
     ("runtime.api.static", "router"),
 ]
 

@@ -276,13 +276,14 @@ class MailgunAdapter:
     def build_send(self, out: OutboundText, config: dict[str, Any], secrets: dict[str, str],
                    api_base: str) -> SendRequest:
         """``POST {api_base}/v3/{domain}/messages``, Basic (``api``, api_key), form ``from``
-        (``Name <address>``), ``to``, ``subject`` (``Re: `` + the thread's subject), ``text``, and
+        (``Name <address>``), ``to``, ``subject`` (``Re: `` + the thread's subject; as it is for a
+        ``fresh`` thread: a new email, e.g. the weekly report), ``text``, and
         ``h:In-Reply-To`` / ``h:References`` when the thread has a message id."""
         thread = out.thread or {}
         subject = str(thread.get("subject") or "").strip()
         if not subject:
             subject = "Re: your message"
-        elif not re.match(r"^re\s*:", subject, re.IGNORECASE):
+        elif not re.match(r"^re\s*:", subject, re.IGNORECASE) and not thread.get("fresh"):
             subject = f"Re: {subject}"
         sender = formataddr((config.get("from_name") or "", config["from_address"]))
         data = {"from": sender, "to": out.recipient, "subject": subject, "text": out.text}

@@ -185,7 +185,8 @@ class OutboxSender:
         body = row["body"] or {}
         parts = split_text(str(body.get("text", "")), adapter.text_limit)
         api_base = str(getattr(self.settings, adapter.api_base_setting)).rstrip("/")
-        thread = dict(row["thread"] or {})
+        # A row without a session (the owner's weekly report) carries its own thread (subject).
+        thread = dict(row["thread"] or body.get("thread") or {})
         assert self._client is not None
         for index in range(int(row["parts_sent"]), len(parts)):
             out = OutboundText(recipient=recipient or "", text=parts[index], thread=thread,
