@@ -21,6 +21,7 @@ from runtime.errors import InvalidInput
 TIMEZONE = "UTC"
 ChannelType = Literal["widget", "whatsapp", "telegram", "email", "sms", "slack"]
 CHANNEL_TYPES: tuple[str, ...] = ("widget", "whatsapp", "telegram", "email", "sms", "slack")
+DAY_COUNTS = ("conversations", "handled_by_ai", "resolved_by_human", "abandoned", "other", "escalated")
 
 
 class Percentiles(BaseModel):
@@ -200,7 +201,6 @@ async def compute_analytics(
         day_row = by_day.get(d)
         days.append(DayFigures(
             day=d, leads=leads_by_day.get(d, 0),
-            **{k: int(day_row[k]) if day_row else 0 for k in ("conversations", "handled_by_ai", "resolved_by_human",
-                                                   "abandoned", "other", "escalated")}))
+            **{k: int(day_row[k]) if day_row else 0 for k in DAY_COUNTS}))
     return Analytics(tenant_id=tenant_id, start=start, end=end, timezone=TIMEZONE, channel=channel,
                      totals=totals, channels=channels, daily=days)

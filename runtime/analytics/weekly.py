@@ -100,14 +100,16 @@ async def top_unanswered(conn: Any, tenant_id: UUID, start: date, end: date, min
     return [(first[k], n) for k, n in counts.most_common(limit)]
 
 
-async def send_weekly_reports(pool: Any, now: datetime | None = None) -> list[UUID]:
-    """Enqueue last week's report for every tenant due one (see the module); returns their ids.
-    Each tenant's report is its own transaction; one tenant's failure is logged and the others
-    go on (the next check retries it)."""
+async def send_weekly_reports(pool: Any, now: datetime | None = None, *,
+                              tenant_id: UUID | None = None) -> list[UUID]:
+    """Enqueue last week's report for every tenant due one (see the module), or for ``tenant_id``
+    only if it is due; returns the ids of the tenants it was sent to. Each tenant's report is its
+    own transaction; one tenant's failure is logged and the others go on (the next check retries
+    it)."""
     start, end = report_week(now or datetime.now(UTC))
     _, period_end = range_bounds(start, end)
     async with pool.acquire() as conn:
-        due = await an_db.tenants_due_weekly_report(conn, start, period_end)
+        due = await an_db.tenants_due_weekly_report(conn, start, period_end, tenant_id)
     sent: list[UUID] = []
     for t in due:
         try:

@@ -264,11 +264,12 @@ async def resolve_unanswered(
 
 # ------------------------------------------------------------------ the weekly report
 async def tenants_due_weekly_report(
-    conn: Conn, period_start: Any, period_end_excl: datetime,
+    conn: Conn, period_start: Any, period_end_excl: datetime, tenant_id: UUID | None = None,
 ) -> list[asyncpg.Record]:
     """Tenants to send the week starting ``period_start`` (a date) to: they existed before the
     week ended, have an active email channel with credentials, an owner with an email address,
-    and no report for that week yet. Columns: tenant_id, name, channel_id, recipient."""
+    and no report for that week yet (only ``tenant_id``, if given). Columns: tenant_id, name,
+    channel_id, recipient."""
     return await conn.fetch(
         """SELECT t.id AS tenant_id, t.name, ch.id AS channel_id, u.email AS recipient
            FROM tenants t
@@ -280,10 +281,10 @@ async def tenants_due_weekly_report(
                          WHERE u.tenant_id = t.id AND u.role = 'owner' AND u.disabled_at IS NULL
                            AND u.email IS NOT NULL AND btrim(u.email) <> ''
                          ORDER BY u.created_at LIMIT 1) u ON true
-           WHERE t.created_at < $2
+           WHERE t.created_at < $2 AND ($3::uuid IS NULL OR t.id = $3)
              AND NOT EXISTS (SELECT 1 FROM weekly_reports w
                              WHERE w.tenant_id = t.id AND w.period_start = $1)""",
-        period_start, period_end_excl,
+        period_start, period_end_excl, tenant_id,
     )
 
 
@@ -294,7 +295,7 @@ async def claim_weekly_report(
     Timekeeper (or an earlier run) already has it, and then nothing may be sent."""
     res = await conn.execute(
         """INSERT INTO weekly_reports (tenant_id, period_start, period_end, channel_id, recipient)
-           VALUES ($1, $2, $2 + 6, $3, $4) ON CONFLICT DO NOTHING""",
+           VALUES ($1, $2::date, $2::date + 6, $3, $4) ON CONFLICT DO NOTHING""",
         tenant_id, period_start, channel_id, recipient,
     )
     return res.endswith(" 1")
@@ -303,6 +304,6 @@ async def claim_weekly_report(
 async def set_weekly_report_outbox(conn: Conn, tenant_id: UUID, period_start: Any, outbox_id: int) -> None:
     """Record the outbox row that carries the week's report."""
     await conn.execute(
-        "UPDATE weekly_reports SET outbox_id = $3 WHERE tenant_id = $1 AND period_start = $2",
+        "UPDATE weekly_reports SET outbox_id = $3 WHERE tenant_id = $1 AND period_start = $2::date",
         tenant_id, period_start, outbox_id,
     )
