@@ -172,8 +172,8 @@ async def seed(db: Any, tenant_id: uuid.UUID, plan: list[Seeded]) -> dict[str, u
 
 
 # ---------------------------------------------------------------- the expected figures, in Python
-def in_range(t: datetime) -> bool:
-    return at(START, 0) <= t < at(END + timedelta(days=1), 0)
+def in_range(t: datetime, start: date = START, end: date = END) -> bool:
+    return at(start, 0) <= t < at(end + timedelta(days=1), 0)
 
 
 def outcome(s: Seeded) -> str:
@@ -193,9 +193,9 @@ def percentiles(values: list[float]) -> tuple[int, float | None, float | None]:
             round(float(np.percentile(values, 90)), 3))
 
 
-def expected(plan: list[Seeded], channel: str | None) -> dict[str, Any]:
+def expected(plan: list[Seeded], channel: str | None, start: date = START, end: date = END) -> dict[str, Any]:
     """The figures of the plan's sessions in the range (of one channel, or all)."""
-    mine = [s for s in plan if in_range(s.created_at) and channel in (None, s.channel)]
+    mine = [s for s in plan if in_range(s.created_at, start, end) and channel in (None, s.channel)]
     conv = [s for s in mine if s.customer or s.escalated_at is not None]
     chatted = [s for s in mine if s.customer]
     ai_frt = [(min(r) - s.customer[i]).total_seconds() for s in mine for i, r in s.ai_replies.items()]
@@ -214,7 +214,7 @@ def expected(plan: list[Seeded], channel: str | None) -> dict[str, Any]:
         "abandoned": sum(outcome(s) == "abandoned" for s in conv),
         "other": sum(outcome(s) == "other" for s in conv),
         "handoff_rate": round(escalated / len(conv), 4) if conv else None,
-        "leads": sum(in_range(t) for s in plan if channel in (None, s.channel) for t in s.leads),
+        "leads": sum(in_range(t, start, end) for s in plan if channel in (None, s.channel) for t in s.leads),
         "ai_first_response": {"n": n_ai, "p50_s": p50_ai, "p90_s": p90_ai},
         "human_first_response": {"n": n_h, "p50_s": p50_h, "p90_s": p90_h},
         "funnel": {"visitors": len(mine), "chatted": len(chatted),
