@@ -9,12 +9,13 @@ most ``CHAT_ENGINE_ANALYTICS_MAX_DAYS``, 366); the figures' definitions are in
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from runtime.analytics.figures import (
     TIMEZONE,
@@ -54,11 +55,22 @@ async def analytics_writer(who: User) -> Principal:
     return who
 
 
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def iso_day(value: object) -> object:
+    """Days are ``YYYY-MM-DD`` only (pydantic alone would also take ``0`` as 1970-01-01)."""
+    if isinstance(value, str) and not _ISO_DAY.fullmatch(value):
+        raise ValueError("give a day as YYYY-MM-DD")
+    return value
+
+
 Reader = Annotated[Principal, Depends(analytics_reader)]
 Writer = Annotated[Principal, Depends(analytics_writer)]
-From = Annotated[date | None, Query(alias="from",
+From = Annotated[date | None, BeforeValidator(iso_day), Query(alias="from",
                                     description="first day, YYYY-MM-DD (UTC); default: 6 days before `to`")]
-To = Annotated[date | None, Query(description="last day, inclusive, YYYY-MM-DD (UTC); default: today")]
+To = Annotated[date | None, BeforeValidator(iso_day),
+               Query(description="last day, inclusive, YYYY-MM-DD (UTC); default: today")]
 Channel = Annotated[ChannelType | None, Query(description="one channel type only")]
 
 
@@ -113,7 +125,9 @@ class AddToKbIn(BaseModel):
     answer: NonBlankText = Field(max_length=20_000)
     escalation_ids: list[UUID] = Field(default_factory=list, max_length=1000,
                                        description="the cluster's escalation_ids: marked resolved_kb_entry")
-    message_ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(
+    # Ids up to 2**53 - 1: a JSON number above it is not exact as a double (clients and schema
+    # validators compare as floats).
+    message_ids: list[Annotated[int, Field(ge=1, le=2**53 - 1)]] = Field(
         default_factory=list, max_length=1000,
         description="the cluster's message_ids (weak-answer turns): they leave the list")
 
