@@ -175,8 +175,7 @@ async def compute_analytics(
     """The tenant's figures for the days ``start``..``end`` (inclusive, validated by
     :func:`parse_range`), for one channel type or all (``channel`` None)."""
     lo, hi = range_bounds(start, end)
-    sessions = await an_db.session_figures(conn, tenant_id, lo, hi, TIMEZONE, channel)
-    daily = await an_db.daily_figures(conn, tenant_id, lo, hi, TIMEZONE, channel)
+    figures = await an_db.conversation_figures(conn, tenant_id, lo, hi, TIMEZONE, channel)
     ai = await an_db.ai_first_response(conn, tenant_id, lo, hi, channel)
     leads = await an_db.leads_by_day(conn, tenant_id, lo, hi, TIMEZONE, channel)
 
@@ -186,15 +185,15 @@ async def compute_analytics(
         leads_by_channel[r["channel"]] = leads_by_channel.get(r["channel"], 0) + int(r["leads"])
         leads_by_day[r["day"]] = leads_by_day.get(r["day"], 0) + int(r["leads"])
     ai_rows = {(None if r["is_total"] else r["channel"]): r for r in ai}
-    total_row = next((r for r in sessions if r["is_total"]), None)
-    per_channel = {r["channel"]: r for r in sessions if not r["is_total"]}
+    total_row = next((r for r in figures if r["grouping"] == "total"), None)
+    per_channel = {r["channel"]: r for r in figures if r["grouping"] == "channel"}
     names = sorted((set(per_channel) | {c for c in leads_by_channel if c is not None}),
                    key=lambda c: CHANNEL_TYPES.index(c) if c in CHANNEL_TYPES else len(CHANNEL_TYPES))
     channels = [_channel_figures(per_channel.get(c), c, leads_by_channel.get(c, 0), ai_rows.get(c))
                 for c in names]
     totals = _channel_figures(total_row, None, sum(leads_by_channel.values()), ai_rows.get(None))
 
-    by_day = {r["day"]: r for r in daily}
+    by_day = {r["day"]: r for r in figures if r["grouping"] == "day"}
     days: list[DayFigures] = []
     for i in range((end - start).days + 1):
         d = start + timedelta(days=i)

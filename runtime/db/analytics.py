@@ -37,22 +37,33 @@ from runtime.db import Conn
 # One row per session of the range with everything the aggregates need.
 # $1 tenant, $2 start (inclusive), $3 end (exclusive), $4 time zone, $5 channel type or NULL.
 _SESSIONS = """
-WITH base AS (
-    SELECT s.id, c.type AS channel, (s.created_at AT TIME ZONE $4)::date AS day,
+WITH range_sessions AS (
+    SELECT s.id, s.contact_id, c.type AS channel, (s.created_at AT TIME ZONE $4)::date AS day,
            s.escalated_at, s.first_human_reply_at, s.resolution, s.csat_score,
-           (ct.email IS NOT NULL AND btrim(ct.email) <> '') AS contact_email,
-           EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id AND m.sender = 'customer')
-               AS chatted,
-           EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id AND m.sender = 'agent')
-               AS agent_replied,
-           EXISTS (SELECT 1 FROM leads l WHERE l.tenant_id = s.tenant_id AND l.session_id = s.id)
-               AS has_lead,
            s.assigned_at IS NOT NULL AS assigned
     FROM sessions s
     JOIN channels c ON c.id = s.channel_id
-    LEFT JOIN contacts ct ON ct.id = s.contact_id AND ct.tenant_id = s.tenant_id
     WHERE s.tenant_id = $1 AND s.created_at >= $2 AND s.created_at < $3
       AND ($5::text IS NULL OR c.type = $5)
+), senders AS (
+    SELECT m.session_id, bool_or(m.sender = 'customer') AS chatted,
+           bool_or(m.sender = 'agent') AS agent_replied
+    FROM messages m
+    WHERE m.tenant_id = $1 AND m.session_id IN (SELECT id FROM range_sessions)
+      AND m.sender IN ('customer', 'agent') AND m.created_at >= $2
+    GROUP BY m.session_id
+), lead_sessions AS (
+    SELECT DISTINCT l.session_id FROM leads l
+    WHERE l.tenant_id = $1 AND l.session_id IN (SELECT id FROM range_sessions)
+), base AS (
+    SELECT r.*, coalesce(m.chatted, false) AS chatted,
+           coalesce(m.agent_replied, false) AS agent_replied,
+           ls.session_id IS NOT NULL AS has_lead,
+           (ct.email IS NOT NULL AND btrim(ct.email) <> '') AS contact_email
+    FROM range_sessions r
+    LEFT JOIN senders m ON m.session_id = r.id
+    LEFT JOIN lead_sessions ls ON ls.session_id = r.id
+    LEFT JOIN contacts ct ON ct.id = r.contact_id AND ct.tenant_id = $1
 ), per_session AS (
     SELECT b.*,
            (b.chatted OR b.escalated_at IS NOT NULL) AS conversation,
@@ -66,8 +77,8 @@ WITH base AS (
 )
 """
 
-_TOTALS = _SESSIONS + """
-SELECT channel,
+_FIGURES = _SESSIONS + """
+SELECT channel, day,
        count(*) AS visitors,
        count(*) FILTER (WHERE chatted) AS chatted,
        count(*) FILTER (WHERE chatted AND (contact_email OR has_lead)) AS email_captured,
@@ -88,34 +99,28 @@ SELECT channel,
        count(*) FILTER (WHERE csat_score = 3) AS csat_3,
        count(*) FILTER (WHERE csat_score = 4) AS csat_4,
        count(*) FILTER (WHERE csat_score = 5) AS csat_5,
-       GROUPING(channel) = 1 AS is_total
+       CASE WHEN GROUPING(channel) = 0 THEN 'channel' WHEN GROUPING(day) = 0 THEN 'day'
+            ELSE 'total' END AS grouping
 FROM per_session
-GROUP BY GROUPING SETS ((channel), ())
+GROUP BY GROUPING SETS ((channel), (day), ())
 """
 
-_DAILY = _SESSIONS + """
-SELECT day,
-       count(*) FILTER (WHERE conversation) AS conversations,
-       count(*) FILTER (WHERE conversation AND outcome = 'ai') AS handled_by_ai,
-       count(*) FILTER (WHERE conversation AND escalated_at IS NOT NULL) AS escalated,
-       count(*) FILTER (WHERE conversation AND outcome = 'human') AS resolved_by_human,
-       count(*) FILTER (WHERE conversation AND outcome = 'abandoned') AS abandoned,
-       count(*) FILTER (WHERE conversation AND outcome = 'other') AS other
-FROM per_session
-GROUP BY day
-"""
-
-# The AI's first reply to each customer message of the range's sessions.
+# The AI's first reply to each customer message of the range's sessions. Messages are narrowed
+# by tenant and time (a session's messages come after it starts) before the reply join.
 _AI_FRT = """
-WITH replies AS (
-    SELECT c.type AS channel, extract(epoch FROM min(a.created_at) - q.created_at) AS frt_s
-    FROM sessions s
-    JOIN channels c ON c.id = s.channel_id
-    JOIN messages q ON q.session_id = s.id AND q.sender = 'customer'
-    JOIN messages a ON a.reply_to = q.id AND a.session_id = s.id AND a.sender = 'ai'
+WITH range_sessions AS (
+    SELECT s.id, c.type AS channel
+    FROM sessions s JOIN channels c ON c.id = s.channel_id
     WHERE s.tenant_id = $1 AND s.created_at >= $2 AND s.created_at < $3
       AND ($4::text IS NULL OR c.type = $4)
-    GROUP BY c.type, q.id, q.created_at
+), replies AS (
+    SELECT r.channel, extract(epoch FROM min(a.created_at) - q.created_at) AS frt_s
+    FROM range_sessions r
+    JOIN messages q ON q.session_id = r.id AND q.tenant_id = $1 AND q.sender = 'customer'
+                   AND q.created_at >= $2
+    JOIN messages a ON a.reply_to = q.id AND a.session_id = r.id AND a.tenant_id = $1
+                   AND a.sender = 'ai' AND a.created_at >= $2
+    GROUP BY r.channel, q.id, q.created_at
 )
 SELECT channel, count(*) AS n,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY frt_s) AS p50,
@@ -137,24 +142,17 @@ GROUP BY c.type, (l.created_at AT TIME ZONE $4)::date
 """
 
 
-async def session_figures(
+async def conversation_figures(
     conn: Conn, tenant_id: UUID, start: datetime, end: datetime, tz: str, channel: str | None,
 ) -> list[asyncpg.Record]:
-    """Per channel type and in total (``is_total``) for the sessions created in [start, end):
-    visitors, chatted, email_captured, lead_sessions, conversations, handled_by_ai, escalated,
-    resolved_by_human, abandoned, other, human first response (n, p50, p90 in seconds; None
-    without samples), CSAT (n, avg, counts per score). tz: an IANA zone name; channel: a
-    channel type or None for all. An empty range gives one total row of zeros."""
-    return await conn.fetch(_TOTALS, tenant_id, start, end, tz, channel)
-
-
-async def daily_figures(
-    conn: Conn, tenant_id: UUID, start: datetime, end: datetime, tz: str, channel: str | None,
-) -> list[asyncpg.Record]:
-    """Per local day (``day``, a date in ``tz``) with conversations: conversations, the four
-    outcomes (handled_by_ai, resolved_by_human, abandoned, other) and escalated. Days without
-    sessions are absent (the caller fills them)."""
-    return await conn.fetch(_DAILY, tenant_id, start, end, tz, channel)
+    """The sessions created in [start, end), in one pass, grouped three ways (``grouping``):
+    per ``channel`` type, per local ``day`` (a date in ``tz``, days without sessions absent) and
+    the ``total``. Each row: visitors, chatted, email_captured, lead_sessions, conversations,
+    handled_by_ai, escalated, resolved_by_human, abandoned, other, human first response
+    (human_frt_n, _p50, _p90 in seconds; None without samples), CSAT (csat_n, csat_avg,
+    csat_1..csat_5). tz: an IANA zone name; channel: a channel type or None for all. An empty
+    range gives one total row of zeros."""
+    return await conn.fetch(_FIGURES, tenant_id, start, end, tz, channel)
 
 
 async def ai_first_response(
@@ -211,6 +209,7 @@ async def unanswered_questions(
                JOIN messages q ON q.id = a.reply_to AND q.session_id = a.session_id
                JOIN channels c ON c.id = a.channel_id
                WHERE a.tenant_id = $1 AND a.sender = 'ai' AND a.intent = 'answer'
+                 AND a.created_at >= $2  -- answers come after their question (the index's range)
                  AND a.confidence < $5 AND q.sender = 'customer' AND btrim(q.text) <> ''
                  AND q.created_at >= $2 AND q.created_at < $3
                  AND ($4::text IS NULL OR c.type = $4)

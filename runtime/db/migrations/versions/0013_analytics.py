@@ -7,8 +7,9 @@
   address it went to.
 
 The figures themselves are computed from the system of record (sessions, messages, escalations,
-leads, contacts) at read time; 0009's ``sessions_tenant_created_idx`` serves the range scans, so
-no other index is added here.
+leads, contacts) at read time; 0009's ``sessions_tenant_created_idx`` serves the range scans.
+``leads_session_idx``: the funnel looks leads up by session (and deleting a session sets its
+leads' ``session_id`` NULL, which scanned the whole table without it).
 
 Revision ID: 0013
 Revises: 0012
@@ -35,8 +36,12 @@ def upgrade() -> None:
         created_at    timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (tenant_id, period_start)
     );
+    CREATE INDEX leads_session_idx ON leads (session_id);
     """)
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE IF EXISTS weekly_reports")
+    op.execute("""
+    DROP INDEX IF EXISTS leads_session_idx;
+    DROP TABLE IF EXISTS weekly_reports;
+    """)
