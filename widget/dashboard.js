@@ -204,10 +204,11 @@
       charts = [];
       var labels = a.daily.map(function (d) { return d.day; });
       var sets = STACK.map(function (s) {
-        return { type: "bar", label: s[1], backgroundColor: s[2], stack: "outcome",
+        return { type: "bar", label: s[1], backgroundColor: s[2], stack: "outcome", order: 1,
                  data: a.daily.map(function (d) { return d[s[0]]; }) };
       });
-      sets.push({ type: "line", label: "Leads", borderColor: LEADS, backgroundColor: LEADS,
+      // order 0: the leads line is drawn over the bars
+      sets.push({ type: "line", label: "Leads", borderColor: LEADS, backgroundColor: LEADS, order: 0, stack: "leads",
                   data: a.daily.map(function (d) { return d.leads; }) });
       drawChart(dailyCanvas, {
         type: "bar", data: { labels: labels, datasets: sets },
