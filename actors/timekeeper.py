@@ -5,8 +5,10 @@ Session actors arm asyncio timers while active; this actor polls the ``timers`` 
 fires even for a passivated session (activating it through its named actor). It also sweeps for
 customer messages left ``received`` longer than ``stale_message_s`` (a turn lost to a crash or an
 outage) and has their sessions re-queue them, and every ``kb_job_heartbeat_s`` it fails ingestion
-jobs whose worker stopped reporting (``kb_job_stale_s``). Postgres being down, at start or later,
-only delays a poll: the pool is (re)created inside the loop.
+jobs whose worker stopped reporting (``kb_job_stale_s``). Every ``weekly_report_check_s`` it
+enqueues last week's report to owners who have not had it (``runtime.analytics.weekly``).
+Postgres being down, at start or later, only delays a poll: the pool is (re)created inside the
+loop.
 
 Inbound dispatch: a webhook stores the customer's message and sends a Postgres NOTIFY on
 ``inbound`` (``<tenant>:<session>``) in the same transaction; this actor listens and calls the
@@ -33,6 +35,7 @@ from typing import Any
 import asyncpg
 import ray
 
+from runtime.analytics.weekly import send_weekly_reports
 from runtime.config import get_settings
 from runtime.constants import NAMESPACE, TIMEKEEPER_NAME
 from runtime.conversation.capacity import node_key
@@ -64,6 +67,7 @@ class Timekeeper:
         self.jobs_failed_stale = 0
         self.dispatched = 0
         self.deferred = 0
+        self.weekly_reports = 0
         self._pool: Any = None
         self._redis: Any = None
         self._listener: Any = None
@@ -75,6 +79,7 @@ class Timekeeper:
 
     async def _loop(self) -> None:
         last_sweep = last_gauges = 0.0
+        next_report = 0.0
         while True:
             try:
                 if self._pool is None:
@@ -90,6 +95,9 @@ class Timekeeper:
                 if time.monotonic() - last_gauges >= GAUGES_EVERY_S:
                     last_gauges = time.monotonic()
                     await self._report_gauges()
+                if self.settings.weekly_report_enabled and time.monotonic() >= next_report:
+                    next_report = time.monotonic() + self.settings.weekly_report_check_s
+                    self.weekly_reports += len(await send_weekly_reports(self._pool))
             except Exception:  # noqa: BLE001 - Postgres hiccup: try again next poll
                 self.errors += 1
                 log.exception("timer poll failed")
@@ -222,11 +230,12 @@ class Timekeeper:
     async def stats(self) -> dict[str, Any]:
         """Counters since this actor started: fired, recovered (messages re-queued), errors,
         jobs_failed_stale, dispatched (inbound hand-overs), deferred (hand-overs and timers put
-        off because the caps of live actors were reached; retried later), and whether it holds
-        a Postgres pool."""
+        off because the caps of live actors were reached; retried later), weekly_reports
+        (reports enqueued), and whether it holds a Postgres pool."""
         return {"fired": self.fired, "recovered": self.recovered, "errors": self.errors,
                 "jobs_failed_stale": self.jobs_failed_stale, "dispatched": self.dispatched,
-                "deferred": self.deferred, "connected": self._pool is not None}
+                "deferred": self.deferred, "weekly_reports": self.weekly_reports,
+                "connected": self._pool is not None}
 
 
 def ensure_timekeeper(env: dict[str, str] | None = None) -> Any:

@@ -334,6 +334,22 @@ class Settings(BaseSettings):
         description="when Redis is unreachable, let requests through (true) or refuse them with 503",
     )
 
+    # --- analytics and the weekly report ---
+    analytics_max_days: int = Field(default=366, ge=1, le=3660, description="longest range of one query")
+    analytics_cluster_distance: float = Field(
+        default=0.40, gt=0, lt=2,
+        description="unanswered questions join a cluster within this cosine distance (average linkage)",
+    )
+    analytics_max_questions: int = Field(
+        default=500, ge=1, description="unanswered questions clustered per request, newest first",
+    )
+    weekly_report_enabled: bool = Field(
+        default=True, description="email last week's report to owners of tenants with an email channel",
+    )
+    weekly_report_check_s: float = Field(
+        default=600.0, gt=0, description="how often the Timekeeper looks for weekly reports due",
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:

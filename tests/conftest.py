@@ -98,6 +98,9 @@ def services() -> Iterator[Services]:
             "CHAT_ENGINE_SESSION_TOKEN_SECRET": SESSION_SECRET,
             # Seconds-scale timers and a small Ray footprint for 2 cores.
             "CHAT_ENGINE_TIMEKEEPER_POLL_S": "0.5",
+            # The weekly report check each second (only tenants older than last week get one:
+            # tests/test_analytics.py backdates its tenant).
+            "CHAT_ENGINE_WEEKLY_REPORT_CHECK_S": "1",
             "CHAT_ENGINE_KB_JOB_HEARTBEAT_S": "1",
             # Caps small enough to reach in a test (tests/test_caps.py); no other test queues
             # more than 2 messages in one session or opens more than 2 streams of one.

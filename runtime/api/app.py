@@ -29,6 +29,7 @@ ROUTERS: list[tuple[str, str]] = [
     ("runtime.api.outbox", "router"),
     ("runtime.api.helpdesks", "router"),
     ("runtime.api.actions", "router"),
+    ("runtime.api.analytics", "router"),
     ("runtime.api.static", "router"),
 ]
 

@@ -32,6 +32,8 @@ ASSET_TYPES = {
     "widget.js": "text/javascript; charset=utf-8",
     "frame.js": "text/javascript; charset=utf-8",
     "frame.css": "text/css; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "vendor/chart.umd.min.js": "text/javascript; charset=utf-8",
 }
 ASSET_CACHE = "public, max-age=300"
 FRAME_CSP = (
@@ -72,6 +74,18 @@ async def frame_js(request: Request) -> Response:
 async def frame_css(request: Request) -> Response:
     """The chat window's styles."""
     return _asset("frame.css", request)
+
+
+@router.get("/widget/dashboard.js")
+async def dashboard_js(request: Request) -> Response:
+    """The owner's dashboard (``window.ChatEngineDashboard.mount``), included by the inbox page."""
+    return _asset("dashboard.js", request)
+
+
+@router.get("/widget/vendor/chart.umd.min.js")
+async def chart_js(request: Request) -> Response:
+    """Chart.js (vendored, MIT; see widget/vendor/README.md), used by the dashboard."""
+    return _asset("vendor/chart.umd.min.js", request)
 
 
 def _error_page(status: int, title: str, text: str) -> HTMLResponse:

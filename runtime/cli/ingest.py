@@ -3,13 +3,13 @@ from the command line, with a progress bar.
 
 The job runs in this process (it is recorded in ``kb_jobs`` like an API job). Embeddings come from
 the running service's ``Embedder`` deployment when ``--embedder serve`` (or ``auto`` and a Ray
-cluster is reachable at CHAT_ENGINE_RAY_ADDRESS), else from the model loaded here (``local``).
+cluster is reachable at CHAT_ENGINE_RAY_ADDRESS), else from the model loaded here (``local``):
+:mod:`runtime.cli.embedder`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
@@ -18,39 +18,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from runtime.cli.console import console, fail
+from runtime.cli.embedder import EMBEDDER_CHOICES, cli_embedder
 from runtime.config import Settings, load_settings
-from runtime.constants import APP_NAME, EMBEDDER_DEPLOYMENT, NAMESPACE
-from runtime.errors import ChatEngineError, ConfigError
+from runtime.errors import ChatEngineError
 
 if TYPE_CHECKING:
     from ingestion.jobs import JobState
 
-EMBEDDER_CHOICES = ("auto", "serve", "local")
 MAX_ERRORS_SHOWN = 50
-
-
-def _embedder(settings: Settings, choice: str) -> tuple[Any, str]:
-    """(embedder, where): the Serve ``Embedder`` handle ("serve") or a model loaded in this
-    process ("local"). Raises ConfigError when ``choice`` is "serve" and no cluster answers."""
-    if choice in ("serve", "auto") and settings.ray_address:
-        try:
-            import ray
-            from ray import serve
-
-            ray.init(address=settings.ray_address, namespace=NAMESPACE, logging_level=logging.ERROR,
-                     log_to_driver=False)
-            return serve.get_deployment_handle(EMBEDDER_DEPLOYMENT, app_name=APP_NAME), "serve"
-        except Exception as exc:  # noqa: BLE001 - "auto" falls back to the local model
-            if choice == "serve":
-                raise ConfigError(
-                    f"cannot reach the Embedder at CHAT_ENGINE_RAY_ADDRESS={settings.ray_address}"
-                    f" ({exc})"
-                ) from None
-    elif choice == "serve":
-        raise ConfigError("--embedder serve needs CHAT_ENGINE_RAY_ADDRESS (e.g. auto)")
-    from ingestion.embed import LocalEmbedder
-
-    return LocalEmbedder(settings), "local"
 
 
 def sources_finished(state: JobState) -> int:
@@ -143,7 +118,7 @@ def ingest(
         settings = load_settings()
         with running_services(settings, redis=False) as services:
             upgrade(services.database_url)
-            handle, where = _embedder(settings, embedder)
+            handle, where = cli_embedder(settings, embedder)
             console.print(f"embedding with the {where} model")
             result = asyncio.run(_ingest(
                 settings, services.database_url, tenant_id, url, files, max_pages, max_depth,
