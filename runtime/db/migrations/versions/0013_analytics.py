@@ -8,8 +8,7 @@
 
 The figures themselves are computed from the system of record (sessions, messages, escalations,
 leads, contacts) at read time; 0009's ``sessions_tenant_created_idx`` serves the range scans.
-``leads_session_idx``: the funnel looks leads up by session (and deleting a session sets its
-leads' ``session_id`` NULL, which scanned the whole table without it).
+The funnel looks leads up by session through 0011's ``leads_session_idx`` (session, created_at).
 
 Revision ID: 0013
 Revises: 0012
@@ -36,12 +35,10 @@ def upgrade() -> None:
         created_at    timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (tenant_id, period_start)
     );
-    CREATE INDEX leads_session_idx ON leads (session_id);
     """)
 
 
 def downgrade() -> None:
     op.execute("""
-    DROP INDEX IF EXISTS leads_session_idx;
     DROP TABLE IF EXISTS weekly_reports;
     """)
