@@ -7,6 +7,7 @@ conversation ends (resolution, CSAT, idle auto-close). On the session stack of c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.chat_helpers import WidgetSession, ask, new_session, widget_channel
+from tests.chat_helpers import ORIGIN, WidgetSession, ask, new_session, widget_channel
 from tests.conftest import TenantInfo
 
 PASSWORD = "correct horse battery staple"
@@ -71,9 +72,9 @@ async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD)
     return CookieLogin(client, cookie, r.json()["csrf_token"], str(client.base_url).rstrip("/"))
 
 
-async def escalate(client: httpx.AsyncClient, widget_token: str) -> WidgetSession:
+async def escalate(client: httpx.AsyncClient, widget_token: str, origin: str = ORIGIN) -> WidgetSession:
     """A widget conversation whose customer pressed "Talk to a human"."""
-    s = await new_session(client, widget_token)
+    s = await new_session(client, widget_token, origin)
     r = await client.post(f"/v1/widget/sessions/{s.session_id}/handoff", headers=s.headers)
     assert r.status_code == 200 and r.json()["status"] == "human_escalated", r.text
     return s
@@ -420,3 +421,77 @@ async def test_idle_auto_close_sets_the_resolution(
         assert fired == {"fired": True, "resolution": expected}
         row = await db.fetchrow("SELECT status, resolution, csat_asked_at FROM sessions WHERE id = $1", sid)
         assert (row["status"], row["resolution"], row["csat_asked_at"]) == ("closed", expected, None)
+
+
+# ---------------------------------------------------------------- the live stream
+class InboxStream:
+    """An agent's ``GET /v1/inbox/events`` read in the background into a queue."""
+
+    def __init__(self, client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+        self.client, self.headers = client, headers
+        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.opened = asyncio.Event()
+
+    async def __aenter__(self) -> InboxStream:
+        from tests.chat_helpers import parse_sse
+
+        async def run() -> None:
+            async with self.client.stream("GET", "/v1/inbox/events", headers=self.headers) as r:
+                assert r.status_code == 200, await r.aread()
+                self.opened.set()
+                async for ev in parse_sse(r):
+                    await self.events.put(ev)
+
+        self.task = asyncio.get_running_loop().create_task(run())
+        await asyncio.wait_for(self.opened.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def next_for(self, session_id: str, kind: str, timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = await asyncio.wait_for(self.events.get(), max(0.01, deadline - time.monotonic()))
+            if ev.event == kind and ev.data.get("session_id") == session_id:
+                return ev
+
+
+async def test_live_stream_per_agent_filters_and_resumes(
+    client: httpx.AsyncClient, tenant: TenantInfo, channel: dict[str, Any]
+) -> None:
+    a = await add_user(client, tenant, "Agent A", "agent")
+    c = await add_user(client, tenant, "Agent C", "agent")
+    other = await widget_channel(client, tenant.headers, ["https://other.example"])
+    for name, member, ch in (("Shop", a, channel), ("Other", c, other)):
+        r = await client.post("/v1/teams", headers=tenant.headers, json={
+            "name": name, "member_ids": [member["id"]], "channel_ids": [ch["id"]]})
+        assert r.status_code == 201, r.text
+
+    async with InboxStream(client, a["headers"]) as sa, InboxStream(client, c["headers"]) as sc:
+        t0 = time.monotonic()
+        s = await escalate(client, channel["widget_token"])
+        ev = await sa.next_for(s.session_id, "escalation")
+        assert time.monotonic() - t0 < 5
+        assert ev.data["channel_type"] == "widget" and ev.data["assignee_id"] == a["id"]
+        first_id = ev.id
+        s2 = await escalate(client, other["widget_token"], "https://other.example")
+        assert (await sc.next_for(s2.session_id, "escalation")).data["assignee_id"] == c["id"]
+        with pytest.raises(asyncio.TimeoutError):  # C's stream never carries A's conversation
+            await sc.next_for(s.session_id, "escalation", timeout=1.0)
+
+    # Reconnect after the escalation: what happened meanwhile comes, the escalation not again.
+    r = await client.post(f"/v1/inbox/sessions/{s.session_id}/claim", headers=a["headers"])
+    assert r.status_code == 200
+    resumed = InboxStream(client, {**a["headers"], "Last-Event-ID": first_id})
+    async with resumed:
+        ev = await resumed.next_for(s.session_id, "assigned")
+        assert ev.data["agent_name"] == "Agent A"
+        seen = [ev]
+        while not resumed.events.empty():
+            seen.append(resumed.events.get_nowait())
+        assert all(e.id != first_id for e in seen)
