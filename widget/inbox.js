@@ -238,7 +238,8 @@
     }, function (e) { showError(e.message); });
   }
 
-  // The conversation's own events: the AI's tokens as it types, and anything new.
+  // The conversation's own events: a customer message the bot is answering (the agent may jump
+  // in: claiming aborts the answer), the AI's text as it streams, and anything new.
   function followConversation(id) {
     if (convStream) convStream.close();
     var es = convStream = new EventSource("/v1/inbox/sessions/" + id + "/events");
@@ -246,16 +247,24 @@
     es.addEventListener("token", function (ev) {
       var t; try { t = JSON.parse(ev.data); } catch (e) { return; }
       parts[t.message_id] = (parts[t.message_id] || "") + (t.text || "");
-      $("ai-typing").hidden = false;
-      $("ai-partial").textContent = parts[t.message_id];
+      showTyping(parts[t.message_id]);
     });
     ["message", "done", "aborted", "handoff", "agent_joined"].forEach(function (kind) {
       es.addEventListener(kind, function (ev) {
         if (ev.data === undefined) return;
-        if (kind !== "message") { hideTyping(); parts = {}; }
+        var d; try { d = JSON.parse(ev.data); } catch (e) { d = {}; }
+        var answering = kind === "message" && d.sender === "customer" && currentData &&
+          currentData.session.status === "ai_handled";
+        if (answering) showTyping("");
+        else if (kind !== "message" || d.sender !== "customer") { hideTyping(); parts = {}; }
         if (id === current) scheduleConversation();
       });
     });
+  }
+
+  function showTyping(text) {
+    $("ai-typing").hidden = false;
+    $("ai-partial").textContent = text;
   }
 
   function hideTyping() {
