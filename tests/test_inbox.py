@@ -146,6 +146,21 @@ async def test_login_cookie_csrf_logout_and_rate_limit(
     after = await me.get("/v1/inbox/sessions")
     assert after.status_code == 401
 
+    # An invite: shown once, redeemed with a password (logged in at once), then spent.
+    invited = unique_email("invited")
+    r = await client.post("/v1/users", headers=tenant.headers,
+                          json={"name": "Invitee", "role": "agent", "email": invited, "invite": True})
+    assert r.status_code == 201 and r.json()["invite_token"], r.text
+    token = r.json()["invite_token"]
+    before = await client.post("/v1/auth/login", json={"email": invited, "password": PASSWORD})
+    assert before.status_code == 401
+    redeemed = await client.post("/v1/auth/invite", json={"token": token, "password": PASSWORD})
+    assert redeemed.status_code == 200 and redeemed.json()["name"] == "Invitee"
+    assert "__Host-ce_session=" in redeemed.headers["set-cookie"]
+    spent = await client.post("/v1/auth/invite", json={"token": token, "password": PASSWORD})
+    assert spent.status_code == 401
+    await login(client, invited)
+
     # Rate limit: the email's budget (10 a minute) is spent, the 11th attempt is 429 even with
     # the right password; another email from the same IP still logs in.
     redis = aioredis.from_url(services.redis_url)

@@ -15,7 +15,7 @@
                   bot: "status=ai_handled", closed: "status=closed" };
 
   var me = null, csrf = "", canned = [], rows = {}, current = null, currentData = null;
-  var stream = null, convStream = null, queueTimer = null, convTimer = null, tickTimer = null;
+  var stream = null, convStream = null, queueTimer = null, convTimer = null, tickTimer = null, pollTimer = null;
   var suggestions = [], picked = 0, dashboardMounted = false;
 
   // ---------------------------------------------------------------- HTTP
@@ -96,6 +96,8 @@
     connect();
     clearInterval(tickTimer);
     tickTimer = setInterval(tick, 1000);
+    clearInterval(pollTimer);  // conversations with the bot send no inbox events: refresh now and then
+    pollTimer = setInterval(function () { if (!document.hidden) loadQueue(); }, 30000);
   }
 
   // ---------------------------------------------------------------- queue
@@ -198,6 +200,7 @@
     if (stream) { stream.close(); stream = null; }
     if (convStream) { convStream.close(); convStream = null; }
     clearInterval(tickTimer);
+    clearInterval(pollTimer);
   }
 
   function notifyEscalation(d) {

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, EmailStr, Field, ValidationError
+from pydantic import BaseModel, EmailStr, Field, ValidationError, field_validator
 
 from runtime.api.auth import hash_password, new_invite
 from runtime.api.channel_setup import ChannelCreate, WidgetChannelCreate, setup_parts
@@ -19,7 +19,7 @@ from runtime.channels.registry import adapter_for
 from runtime.db import bot_configs, channels, tenants
 from runtime.db import users as users_db
 from runtime.errors import Conflict, Forbidden, InvalidInput
-from runtime.fields import error_message
+from runtime.fields import error_message, json_int
 from runtime.security import encrypt_secrets, hash_api_key
 
 router = APIRouter(prefix="/v1", tags=["admin"], responses=error_responses(*AUTHED, 404, 409))
@@ -229,9 +229,11 @@ class UserCreate(BaseModel):
     email: EmailStr | None = None
     role: Role = "agent"
     password: Text | None = Field(default=None, min_length=10, max_length=256)
-    invite: bool = False
-    max_open_sessions: int | None = Field(default=None, ge=1, le=1000,
+    invite: bool = Field(default=False, strict=True)
+    max_open_sessions: int | None = Field(default=None, ge=1, le=1000, strict=True,
                                           description="open conversations at once (round-robin limit)")
+
+    _ints = field_validator("max_open_sessions", mode="before")(json_int)
 
 
 class UserCreated(BaseModel):
@@ -278,10 +280,11 @@ async def create_user(body: UserCreate, ctx: Ctx, who: Owner) -> UserCreated:
     Roles: owner, admin (the setup and the inbox), agent (the inbox), viewer (reads only). An
     email that already logs in to a workspace: 409."""
     _may_grant(who, body.role)
+    # Conflicts between fields the schema cannot express: 409, naming the field.
     if (body.password or body.invite) and body.email is None:
-        raise InvalidInput("email: a user who logs in needs an email address", field="email")
+        raise Conflict("email: a user who logs in needs an email address", field="email")
     if body.password and body.invite:
-        raise InvalidInput("invite: give a password or ask for an invite, not both", field="invite")
+        raise Conflict("invite: give a password or ask for an invite, not both", field="invite")
     password_hash = await hash_password(body.password) if body.password else None
     invite, expires = new_invite() if body.invite else (None, None)
     async with ctx.pool.acquire() as conn:
@@ -308,8 +311,11 @@ class UserPatch(BaseModel):
     role: Role | None = None
     password: Text | None = Field(default=None, min_length=10, max_length=256,
                                   description="a new password; ends the user's logins")
-    disabled: bool | None = Field(default=None, description="true ends the user's logins and keys")
-    max_open_sessions: int | None = Field(default=None, ge=1, le=1000)
+    disabled: bool | None = Field(default=None, strict=True,
+                                  description="true ends the user's logins and keys")
+    max_open_sessions: int | None = Field(default=None, ge=1, le=1000, strict=True)
+
+    _ints = field_validator("max_open_sessions", mode="before")(json_int)
 
 
 @router.patch("/users/{user_id}", response_model=UserOut)

@@ -98,7 +98,7 @@ class CloseIn(BaseModel):
     """POST /v1/sessions/{id}/close body (optional)."""
 
     resolution: Literal["resolved_by_ai", "resolved_by_human", "abandoned"] | None = None
-    send_csat: bool = True
+    send_csat: bool = Field(default=True, strict=True)
 
 
 @router.post("/sessions/{session_id}/close")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from runtime.api.contract import AUTHED, NonBlankText, error_responses
+from runtime.api.contract import AUTHED, WHITESPACE, NonBlankText, error_responses
 from runtime.api.deps import Agent, Ctx, OwnedSession, User, UserScope
 from runtime.api.inbox_context import handoff_context
 from runtime.api.session_calls import call_session
@@ -35,7 +35,11 @@ router = APIRouter(prefix="/v1/inbox", tags=["inbox"], responses=error_responses
 
 SessionStatus = Literal["ai_handled", "human_escalated", "human_assigned", "closed"]
 Resolution = Literal["resolved_by_ai", "resolved_by_human", "abandoned"]
-LABEL_PATTERN = r"^[\w][\w .:/-]{0,49}$"
+# Labels: 1-50 characters with something besides whitespace, no control characters or "/"
+# (character classes that ECMA-262 and Python read alike, so the schema and the server agree).
+_LABEL_BAD = "\\u0000-\\u001F\\u007F/\\uFFFE\\uFFFF"
+_WS_CLASS = "".join(f"\\u{ord(c):04X}" for c in WHITESPACE)
+LABEL_PATTERN = f"^[^{_LABEL_BAD}]*[^{_LABEL_BAD}{_WS_CLASS}][^{_LABEL_BAD}]*$"
 ASSIGNEE_PATTERN = r"^(me|none|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
 # An escalation is in "warning" once less than this share of its SLA window is left.
 SLA_WARNING_SHARE = 1 / 3
@@ -157,7 +161,7 @@ async def queue(
     channel_type: Annotated[str | None, Query(max_length=20, pattern=r"^[a-z]+$")] = None,
     assignee: Annotated[str | None,
                         Query(description="me, none, or a user id", pattern=ASSIGNEE_PATTERN)] = None,
-    label: Annotated[str | None, Query(pattern=LABEL_PATTERN)] = None,
+    label: Annotated[str | None, Query(max_length=50, pattern=LABEL_PATTERN)] = None,
     team_id: UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[QueueItem]:
@@ -304,7 +308,8 @@ async def notes(s: OwnedSession, ctx: Ctx) -> list[NoteOut]:
 class LabelIn(BaseModel):
     """POST .../labels body."""
 
-    label: str = Field(pattern=LABEL_PATTERN, description="1-50 characters: letters, digits, space . : / - _")
+    label: str = Field(min_length=1, max_length=50, pattern=LABEL_PATTERN,
+                       description="1-50 characters, no control characters or /")
 
 
 class Labels(BaseModel):
@@ -324,12 +329,12 @@ async def add_label(body: LabelIn, s: OwnedSession, ctx: Ctx, who: Agent) -> Lab
 
 
 @router.delete("/sessions/{session_id}/labels/{label}", response_model=Labels)
-async def remove_label(label: Annotated[str, Path(pattern=LABEL_PATTERN)], s: OwnedSession, ctx: Ctx,
-                       who: Agent) -> Labels:
+async def remove_label(label: Annotated[str, Path(max_length=50, pattern=LABEL_PATTERN)],
+                       s: OwnedSession, ctx: Ctx, who: Agent) -> Labels:
     """Remove a label (absent: nothing changes)."""
     del who
     async with ctx.pool.acquire() as conn:
-        labels = await inbox_db.remove_label(conn, s.tenant_id, s.session_id, label)
+        labels = await inbox_db.remove_label(conn, s.tenant_id, s.session_id, label.strip())
     await SessionEvents(ctx.redis).notify_inbox(s.tenant_id, "labels", {"session_id": s.session_id,
                                                                       "labels": labels})
     return Labels(labels=labels)
@@ -362,7 +367,8 @@ class CloseIn(BaseModel):
     resolution: Resolution | None = Field(
         default=None, description="default: resolved_by_human when an agent wrote, abandoned when the "
         "customer's last message went unanswered, resolved_by_ai otherwise")
-    send_csat: bool = Field(default=True, description="ask the customer to rate the conversation (1-5)")
+    send_csat: bool = Field(default=True, strict=True,
+                            description="ask the customer to rate the conversation (1-5)")
 
 
 @router.post("/sessions/{session_id}/close")

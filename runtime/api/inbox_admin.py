@@ -67,7 +67,7 @@ async def list_teams(ctx: Ctx, who: User) -> list[TeamOut]:
 @router.post("/teams", response_model=TeamOut, status_code=201)
 async def create_team(body: TeamIn, ctx: Ctx, who: Owner) -> TeamOut:
     """Create a team: escalations on its channels are assigned round-robin to its members, each
-    up to their limit of open conversations. 409 for a name in use; 422 for a member or channel
+    up to their limit of open conversations. 409 for a name in use; 404 for a member or channel
     that is not this tenant's."""
     async with ctx.pool.acquire() as conn:
         return _team(await teams_db.save_team(conn, who.tenant_id, None, body.name, body.member_ids,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ ASSET_TYPES = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
+VENDOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}\.(?:js|css)")
 # The inbox page: same-origin only, nothing inline, never framed (clickjacking), no referrer.
 INBOX_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -106,6 +108,19 @@ async def dashboard_js(request: Request) -> Response:
 async def dashboard_css(request: Request) -> Response:
     """The dashboard's styles, 404 until installed."""
     return _optional_asset("dashboard.css", request)
+
+
+@router.get("/widget/vendor/{name}")
+async def vendor_asset(name: str, request: Request) -> Response:
+    """A library vendored for the dashboard (``widget/vendor/*.js`` or ``*.css``), 404 otherwise."""
+    if not VENDOR_NAME.fullmatch(name) or not (WIDGET_DIR / "vendor" / name).is_file():
+        return Response(status_code=404, headers={"Cache-Control": "no-store"})
+    data, etag = _read("vendor/" + name)
+    headers = {"Cache-Control": ASSET_CACHE, "ETag": etag, "X-Content-Type-Options": "nosniff"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    kind = "text/css; charset=utf-8" if name.endswith(".css") else "text/javascript; charset=utf-8"
+    return Response(data, media_type=kind, headers=headers)
 
 
 def _optional_asset(name: str, request: Request) -> Response:

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sse_starlette.sse import EventSourceResponse
 
 from runtime.api.client_ip import client_ip
@@ -32,7 +32,7 @@ from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.errors import ChatEngineError, Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 from runtime.events import SessionEvents
-from runtime.fields import describe_pattern
+from runtime.fields import describe_pattern, json_int
 from runtime.security import (
     issue_session_token,
     issue_visitor_id,
@@ -300,7 +300,9 @@ async def list_messages(session_id: UUID, ctx: Ctx, claims: WidgetSession,
 class CsatIn(BaseModel):
     """POST /v1/widget/sessions/{id}/csat body."""
 
-    score: int = Field(ge=1, le=5, description="1 (poor) to 5 (great)")
+    score: int = Field(ge=1, le=5, strict=True, description="1 (poor) to 5 (great)")
+
+    _ints = field_validator("score", mode="before")(json_int)
 
 
 @router.post("/sessions/{session_id}/csat")

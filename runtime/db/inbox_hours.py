@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema, field_validator
 
 from runtime.db import Conn
+from runtime.fields import NonBlankText, json_int
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HHMM = re.compile(r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
+_HHMM = re.compile(r"^(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")
 DEFAULT_OFFLINE = ("Our team is offline right now. We're back {next_open}, and we'll reply here "
                    "as soon as we are.")
 DEFAULT_CSAT_QUESTION = ("How would you rate this conversation? Reply with a number from 1 (poor) "
@@ -34,41 +35,67 @@ def _minutes(hhmm: str) -> int:
     return int(h) * 60 + int(m)
 
 
+TIMEZONES = sorted(z for z in available_timezones() if "/" in z or z == "UTC")
+_ZONES = frozenset(TIMEZONES)
+HHMM = Annotated[str, Field(pattern=_HHMM.pattern, description="HH:MM, 24-hour (24:00: midnight at the end)")]
+Interval = Annotated[list[HHMM], Field(min_length=2, max_length=2, description="[start, end]; an end before "
+                                       "its start runs past midnight; start == end is ignored")]
+DaySpans = Annotated[list[Interval], Field(max_length=6)]
+
+
+def _iso_date_only(value: object) -> object:
+    if not isinstance(value, (str, date)):
+        raise ValueError("a date is a string YYYY-MM-DD")
+    return value
+
+
+HolidayDate = Annotated[date, BeforeValidator(_iso_date_only),
+                        WithJsonSchema({"type": "string", "format": "date"})]
+
+
+class Weekly(BaseModel):
+    """Opening intervals per weekday (local time)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mon: DaySpans = Field(default_factory=list)
+    tue: DaySpans = Field(default_factory=list)
+    wed: DaySpans = Field(default_factory=list)
+    thu: DaySpans = Field(default_factory=list)
+    fri: DaySpans = Field(default_factory=list)
+    sat: DaySpans = Field(default_factory=list)
+    sun: DaySpans = Field(default_factory=list)
+
+    def spans(self, day: str) -> list[tuple[int, int]]:
+        """The day's intervals in minutes, empty ones left out."""
+        out = []
+        for start, end in getattr(self, day):
+            s, e = _minutes(start), _minutes(end)
+            if s != e:
+                out.append((s, e))
+        return sorted(out)
+
+    def any(self) -> bool:
+        return any(self.spans(d) for d in DAYS)
+
+
 class BusinessHours(BaseModel):
     """enabled: false means always open; timezone: IANA name; weekly: day -> [[start, end]]
     (``HH:MM``, 24-hour); holidays: dates closed all day (local)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = False
-    timezone: str = Field(default="UTC", max_length=64)
-    weekly: dict[str, list[tuple[str, str]]] = Field(default_factory=dict)
-    holidays: list[date] = Field(default_factory=list, max_length=400)
+    enabled: bool = Field(default=False, strict=True)
+    timezone: str = Field(default="UTC", json_schema_extra={"enum": list[JsonValue](TIMEZONES)})
+    weekly: Weekly = Field(default_factory=Weekly)
+    holidays: list[HolidayDate] = Field(default_factory=list, max_length=400)
 
     @field_validator("timezone")
     @classmethod
     def _zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
+        if v not in _ZONES:
             raise ValueError(f"{v!r} is not an IANA timezone: use e.g. Europe/Berlin or "
-                             "America/New_York") from None
-        return v
-
-    @field_validator("weekly")
-    @classmethod
-    def _weekly(cls, v: dict[str, list[tuple[str, str]]]) -> dict[str, list[tuple[str, str]]]:
-        for day, spans in v.items():
-            if day not in DAYS:
-                raise ValueError(f"{day!r} is not a day: use {', '.join(DAYS)}")
-            if len(spans) > 6:
-                raise ValueError(f"{day}: at most 6 intervals a day")
-            for start, end in spans:
-                for t in (start, end):
-                    if not _HHMM.match(t):
-                        raise ValueError(f"{day}: {t!r} is not HH:MM (00:00 to 24:00)")
-                if start == end:
-                    raise ValueError(f"{day}: {start}-{end} is empty")
+                             "America/New_York")
         return v
 
     def zone(self) -> ZoneInfo:
@@ -83,13 +110,11 @@ class BusinessHours(BaseModel):
         today = DAYS[local.weekday()]
         yesterday = DAYS[(local.weekday() - 1) % 7]
         if local.date() not in self.holidays:
-            for start, end in self.weekly.get(today, []):
-                s, e = _minutes(start), _minutes(end)
+            for s, e in self.weekly.spans(today):
                 if (s < e and s <= now_min < e) or (s > e and now_min >= s):
                     return True
         if (local.date() - timedelta(days=1)) not in self.holidays:
-            for start, end in self.weekly.get(yesterday, []):
-                s, e = _minutes(start), _minutes(end)
+            for s, e in self.weekly.spans(yesterday):
                 if s > e and now_min < e:  # yesterday's interval running past midnight
                     return True
         return False
@@ -99,7 +124,7 @@ class BusinessHours(BaseModel):
         open now; None when no interval is set at all (closed for good)."""
         if self.is_open(at):
             return at.astimezone(self.zone())
-        if not any(self.weekly.values()):
+        if not self.weekly.any():
             return None
         zone = self.zone()
         local = at.astimezone(zone)
@@ -107,8 +132,7 @@ class BusinessHours(BaseModel):
             day = local.date() + timedelta(days=offset)
             if day in self.holidays:
                 continue
-            for start, _end in sorted(self.weekly.get(DAYS[day.weekday()], [])):
-                m = _minutes(start)
+            for m, _end in self.weekly.spans(DAYS[day.weekday()]):
                 opening = datetime.combine(day, time(m // 60, m % 60), tzinfo=zone)
                 if opening > local:
                     return opening
@@ -133,9 +157,9 @@ class CsatSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
-    question: str = Field(default=DEFAULT_CSAT_QUESTION, min_length=1, max_length=500)
-    thanks: str = Field(default=DEFAULT_CSAT_THANKS, min_length=1, max_length=500)
+    enabled: bool = Field(default=True, strict=True)
+    question: NonBlankText = Field(default=DEFAULT_CSAT_QUESTION, max_length=500)
+    thanks: NonBlankText = Field(default=DEFAULT_CSAT_THANKS, max_length=500)
 
 
 class InboxSettings(BaseModel):
@@ -147,15 +171,11 @@ class InboxSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     business_hours: BusinessHours = Field(default_factory=BusinessHours)
-    offline_message: str = Field(default=DEFAULT_OFFLINE, min_length=1, max_length=1000)
+    offline_message: NonBlankText = Field(default=DEFAULT_OFFLINE, max_length=1000)
     csat: CsatSettings = Field(default_factory=CsatSettings)
-    default_agent_limit: int | None = Field(default=None, ge=1, le=1000)
+    default_agent_limit: int | None = Field(default=None, ge=1, le=1000, strict=True)
 
-    @model_validator(mode="after")
-    def _placeholder(self) -> InboxSettings:
-        if "{" in self.offline_message.replace("{next_open}", ""):
-            raise ValueError("offline_message: the only placeholder is {next_open}")
-        return self
+    _ints = field_validator("default_agent_limit", mode="before")(json_int)
 
     def offline_reply(self, at: datetime) -> str:
         """The offline auto-reply for a request at ``at``."""

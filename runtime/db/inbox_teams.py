@@ -22,7 +22,7 @@ from uuid import UUID
 import asyncpg
 
 from runtime.db import Conn
-from runtime.errors import Conflict, InvalidInput, NotFound
+from runtime.errors import Conflict, NotFound
 
 OPEN_STATUSES = ("human_escalated", "human_assigned")
 
@@ -100,22 +100,20 @@ async def _check_refs(conn: Conn, tenant_id: UUID, member_ids: list[UUID] | None
             "SELECT count(*) FROM users WHERE tenant_id = $1 AND id = ANY($2::uuid[])",
             tenant_id, member_ids)
         if found != len(set(member_ids)):
-            raise InvalidInput("member_ids: every member must be a user of this tenant",
-                               field="member_ids")
+            raise NotFound("member_ids: every member must be a user of this tenant", field="member_ids")
     if channel_ids:
         found = await conn.fetchval(
             "SELECT count(*) FROM channels WHERE tenant_id = $1 AND id = ANY($2::uuid[])",
             tenant_id, channel_ids)
         if found != len(set(channel_ids)):
-            raise InvalidInput("channel_ids: every channel must be one of this tenant's",
-                               field="channel_ids")
+            raise NotFound("channel_ids: every channel must be one of this tenant's", field="channel_ids")
 
 
 async def save_team(conn: Conn, tenant_id: UUID, team_id: UUID | None, name: str | None,
                     member_ids: list[UUID] | None, channel_ids: list[UUID] | None) -> asyncpg.Record:
     """Create (``team_id`` None) or update a team; a given ``member_ids`` replaces the members.
-    Raises NotFound, Conflict (the name is taken), InvalidInput (a member or channel of
-    another tenant)."""
+    Raises NotFound (the team, or a member or channel that is not this tenant's), Conflict (the
+    name is taken)."""
     await _check_refs(conn, tenant_id, member_ids, channel_ids)
     async with conn.transaction():
         try:
