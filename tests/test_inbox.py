@@ -510,3 +510,61 @@ async def test_live_stream_per_agent_filters_and_resumes(
         while not resumed.events.empty():
             seen.append(resumed.events.get_nowait())
         assert all(e.id != first_id for e in seen)
+
+
+async def test_csat_on_whatsapp_reaches_the_closed_conversation(
+    client: httpx.AsyncClient, tenant: TenantInfo, services: Any, db: Any
+) -> None:
+    """On a messaging channel the CSAT question goes out through the outbox, and the customer's
+    bare "5" lands in the conversation that asked (closed), not in a new one; a real question
+    afterwards opens a new conversation as usual. WhatsApp is the provider stand-in of
+    tests/provider_standins.py (Meta's API cannot be reached from here)."""
+    from tests.channel_helpers import create_channel, new_phone, post_webhook, whatsapp_text
+
+    standins = services.standins
+    ch = await create_channel(client, tenant.headers, "whatsapp")
+    phone = new_phone()
+    r = await post_webhook(client, ch, whatsapp_text(phone, "Hello, is my bike ready?"))
+    assert r.status_code == 200
+
+    async def session_of_phone() -> Any:
+        return await db.fetchval(
+            """SELECT s.id FROM sessions s JOIN messages m ON m.session_id = s.id
+               WHERE s.channel_id = $1 AND m.text = 'Hello, is my bike ready?'""", uuid.UUID(ch["id"]))
+
+    sid = await until(session_of_phone)
+    agent = await add_user(client, tenant, "Sam", "agent")
+    r = await client.post(f"/v1/inbox/sessions/{sid}/reply", headers=agent["headers"],
+                          json={"text": "Hi, Sam here: yes, it's ready for pickup."})
+    assert r.status_code == 200, r.text
+    r = await client.post(f"/v1/inbox/sessions/{sid}/close", headers=agent["headers"])
+    assert r.json()["resolution"] == "resolved_by_human" and r.json()["csat_asked"] is True
+    recipient = phone.lstrip("+")
+    await until(lambda: _sent_with(standins, recipient, "1 (poor) to 5 (great)"))
+
+    assert (await post_webhook(client, ch, whatsapp_text(phone, "5"))).status_code == 200
+    await until(lambda: _sent_with(standins, recipient, "Thank you for your feedback!"))
+    row = await db.fetchrow("SELECT status, csat_score FROM sessions WHERE id = $1", sid)
+    assert (row["status"], row["csat_score"]) == ("closed", 5)
+    assert await db.fetchval("SELECT count(*) FROM sessions WHERE channel_id = $1", uuid.UUID(ch["id"])) == 1
+
+    assert (await post_webhook(client, ch, whatsapp_text(phone, "Do you sell helmets?"))).status_code == 200
+    await until(lambda: _count_sessions(db, ch["id"], 2))
+
+    async def new_one_answered() -> bool:
+        return bool(await db.fetchval(
+            """SELECT count(*) FROM messages m JOIN sessions s ON s.id = m.session_id
+               WHERE s.channel_id = $1 AND s.id <> $2 AND m.sender IN ('ai', 'system')""",
+            uuid.UUID(ch["id"]), sid))
+
+    await until(new_one_answered, timeout=60)
+
+
+async def _sent_with(standins: Any, recipient: str, text: str) -> bool:
+    return any(text in (d.text or "") for d in standins.deliveries("whatsapp")
+               if str(d.recipient) == recipient)
+
+
+async def _count_sessions(db: Any, channel_id: str, n: int) -> bool:
+    return bool(await db.fetchval("SELECT count(*) FROM sessions WHERE channel_id = $1",
+                                  uuid.UUID(channel_id)) == n)
