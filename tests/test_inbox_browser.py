@@ -173,6 +173,7 @@ async def test_agent_takes_over_answers_and_hands_back(
         await agent.wait_for_function("() => window.__notes.length > 0", timeout=10_000)
         note = (await agent.evaluate("window.__notes"))[0]
         assert note["title"] == "Human required: Website (Amit)", note
+        print(f"escalation notified {note['at'] - clicked_at} ms after the customer's click")
         assert note["at"] - clicked_at < 1000, f"notified {note['at'] - clicked_at} ms after the handoff"
         row = agent.locator(f"#queue li[data-id='{session_id}']")
         await row.wait_for()

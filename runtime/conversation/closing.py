@@ -111,7 +111,8 @@ async def auto_close(conv: Any, live: LiveSession) -> dict[str, Any]:
         armed = await timer_db.clear_timer(conn, tenant_id, session_id, "auto_close")
         state = await sess_db.csat_state(conn, tenant_id, session_id)
     quiet_since = now() - timedelta(hours=conv.settings.auto_close_hours) + AUTO_CLOSE_SLACK
-    if not armed or live.record.status != "ai_handled" or state["last_activity_at"] > quiet_since:
+    busy = conv.current is not None or not conv.queue.empty()
+    if not armed or busy or live.record.status != "ai_handled" or state["last_activity_at"] > quiet_since:
         return {"fired": False}
     out = await close_conversation(conv, live, None, ask_csat=False)
     log.info("session %s closed after %.1f h of silence (%s)", session_id,

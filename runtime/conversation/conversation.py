@@ -193,8 +193,8 @@ class Conversation(ConversationLifecycle):
         the timer row is deleted in the transaction that sends the fallback message.
         ``auto_close``: close a conversation with the bot that stayed silent
         ``auto_close_hours`` (no CSAT question: the customer has gone)."""
-        if kind == "auto_close":
-            async with self._transition(abort=True) as live:
+        if kind == "auto_close":  # never aborts an answer: a busy conversation is not idle
+            async with self._transition(abort=False) as live:
                 return await auto_close(self, live)
         if kind != "sla":
             return {"fired": False}
