@@ -146,10 +146,15 @@ class SessionActor:
         self._engage()
         return await self.conv.hand_back(agent_id)
 
-    async def close(self) -> dict[str, Any]:
+    async def close(self, resolution: str | None = None, ask_csat: bool = True) -> dict[str, Any]:
         """See :meth:`Conversation.close`."""
         self._engage()
-        return await self.conv.close()
+        return await self.conv.close(resolution, ask_csat)
+
+    async def rate(self, score: int) -> dict[str, Any]:
+        """See :meth:`Conversation.rate`."""
+        self._engage()
+        return await self.conv.rate(score)
 
     async def fire_timer(self, kind: str) -> dict[str, Any]:
         """See :meth:`Conversation.fire_timer`."""

@@ -350,6 +350,27 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="how often the Timekeeper looks for weekly reports due",
     )
 
+    # --- the agent inbox: logins, live stream, idle close (issue 14) ---
+    login_session_ttl_hours: float = Field(
+        default=12.0, gt=0, description="a login (cookie session) of the inbox lasts this long",
+    )
+    login_rate_limit_per_min: int = Field(
+        default=10, ge=1, description="login attempts a minute per email address",
+    )
+    login_ip_rate_limit_per_min: int = Field(
+        default=30, ge=1, description="login and invite attempts a minute per client IP",
+    )
+    cookie_secure: bool = Field(
+        default=True,
+        description="mark the login cookie Secure (browsers treat http://localhost and 127.0.0.1 "
+        "as secure; turn off only to reach a dev server by another plain-HTTP host name)",
+    )
+    auto_close_hours: float = Field(
+        default=24.0, gt=0,
+        description="a conversation with the bot (not waiting for a human) silent this long is "
+        "closed (resolved_by_ai, or abandoned when its last question went unanswered)",
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:

@@ -50,6 +50,19 @@ class Forbidden(ChatEngineError):
     code = "forbidden"
 
 
+class InvalidLogin(Unauthorized):
+    """A login or invite that did not work (401); never says which part was wrong."""
+
+    code = "invalid_login"
+
+
+class CsrfRefused(Forbidden):
+    """A write with the login cookie that did not come from a page of this server (403): no
+    Origin, another origin, or a missing/wrong X-CSRF-Token."""
+
+    code = "csrf_refused"
+
+
 class NotFound(ChatEngineError):
     """The row does not exist for this tenant (404); another tenant's row is also 404."""
 

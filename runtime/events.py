@@ -4,7 +4,8 @@ One stream per session (``chat:ev:<session_id>``), capped and expiring. Each ent
 event name, its id (``<message_id>:<seq>``, DESIGN.md), the JSON data and the turn it belongs to
 (the customer message id). Readers resume after a ``Last-Event-ID`` by position in the stream,
 and tail it with ``XREAD BLOCK``. Tenant-wide inbox notifications go to pub/sub
-``chat:inbox:<tenant_id>``.
+``chat:inbox:<tenant_id>`` and to the tenant's inbox stream ``chat:inbox-ev:<tenant_id>``
+(capped), which the agents' live view reads and resumes by stream id.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def stream_key(session_id: Any) -> str:
 def inbox_channel(tenant_id: Any) -> str:
     """Redis pub/sub channel of a tenant's inbox notifications."""
     return f"chat:inbox:{tenant_id}"
+
+
+def inbox_stream_key(tenant_id: Any) -> str:
+    """Redis stream of a tenant's inbox notifications (the agents' SSE, resumable)."""
+    return f"chat:inbox-ev:{tenant_id}"
+
+
+INBOX_STREAM_MAXLEN = 10_000
 
 
 @dataclass(frozen=True)
@@ -78,10 +87,15 @@ class SessionEvents:
         return str(res[0])
 
     async def notify_inbox(self, tenant_id: Any, kind: str, data: dict[str, Any]) -> None:
-        """Tell live inbox views of the tenant about an escalation, message or SLA breach."""
-        await self.redis.publish(
-            inbox_channel(tenant_id), json.dumps({"kind": kind, **data}, default=str)
-        )
+        """Tell live inbox views of the tenant about an escalation, message or SLA breach
+        (pub/sub, and the tenant's inbox stream for the agents' resumable SSE)."""
+        body = json.dumps({"kind": kind, **data}, default=str)
+        key = inbox_stream_key(tenant_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.publish(inbox_channel(tenant_id), body)
+            pipe.xadd(key, {"k": kind, "d": body}, maxlen=INBOX_STREAM_MAXLEN, approximate=True)
+            pipe.expire(key, STREAM_TTL_S)
+            await pipe.execute()
 
     async def last_stream_id(self, session_id: Any) -> str:
         """The stream id of the newest event ("0-0" for an empty stream)."""

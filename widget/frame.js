@@ -81,7 +81,9 @@
       if (!res.ok) throw res;
       return res.json();
     }).then(function (body) {
+      if (body.csat) csat = body.csat;
       body.messages.forEach(onMessage);
+      setOffline(!!body.offline);
       setStatus(body.status);
       input.disabled = false;
       send.disabled = false;
@@ -270,8 +272,55 @@
       }
     }
     delete gone[id];
-    renderMessage(bubble(id, sender, m.agent_name), m);
+    var b = bubble(id, sender, m.agent_name);
+    renderMessage(b, m);
+    if (m.intent === "csat") csatButtons(b);
+    if (m.intent === "csat_thanks") { csat.score = csat.score || -1; dropCsatButtons(); }
     if (sender !== "customer") hideTyping();
+  }
+
+  // The satisfaction question after an agent closes the conversation: 1-5 buttons under it
+  // (typing a number works too); gone once answered.
+  var csat = { asked: false, score: null };
+  function csatButtons(b) {
+    if (csat.score || b.el.querySelector(".csat")) return;
+    var row = document.createElement("div");
+    row.className = "csat";
+    row.setAttribute("role", "group");
+    row.setAttribute("aria-label", "Rate this conversation");
+    [1, 2, 3, 4, 5].forEach(function (n) {
+      var btn = document.createElement("button");
+      btn.type = "button";
+      btn.textContent = String(n);
+      btn.setAttribute("data-score", n);
+      btn.setAttribute("aria-label", n + " out of 5");
+      btn.addEventListener("click", function () { rate(n, row); });
+      row.appendChild(btn);
+    });
+    b.el.appendChild(row);
+  }
+  function dropCsatButtons() {
+    Array.prototype.forEach.call(log.querySelectorAll(".csat"), function (r) { r.remove(); });
+  }
+  function rate(n, row) {
+    Array.prototype.forEach.call(row.querySelectorAll("button"), function (x) { x.disabled = true; });
+    call("POST", "/csat", { score: n }).then(function (res) {
+      if (!res.ok) throw res;
+      csat.score = n;
+      dropCsatButtons();
+      fillGap();
+    }).catch(function () {
+      Array.prototype.forEach.call(row.querySelectorAll("button"), function (x) { x.disabled = false; });
+    });
+  }
+
+  // Outside the team's business hours: say so, and the button leaves a message instead.
+  var offline = false;
+  function setOffline(value) {
+    offline = value;
+    document.body.setAttribute("data-offline", value ? "1" : "0");
+    human.textContent = value ? "Leave a message for our team" : "Talk to a human";
+    setStatus(status);
   }
 
   function onToken(t) {
@@ -319,8 +368,12 @@
   function setStatus(s) {
     status = s;
     var text = "";
-    if (s === "human_escalated") text = "Connecting you to our team… Someone will reply here shortly.";
-    else if (s === "human_assigned") text = "You're chatting with " + (agentName || "our team") + ".";
+    if (s === "human_escalated") {
+      text = offline ? "Our team is offline right now. We'll reply here as soon as we're back."
+        : "Connecting you to our team… Someone will reply here shortly.";
+    } else if (offline && s !== "human_assigned" && s !== "closed") {
+      text = "Our team is offline right now; the assistant can still help.";
+    } else if (s === "human_assigned") text = "You're chatting with " + (agentName || "our team") + ".";
     else if (s === "closed") text = "This conversation was closed. Send a message to start again.";
     statusBar.textContent = text;
     statusBar.hidden = !text;

@@ -7,18 +7,20 @@ from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, EmailStr, Field, ValidationError
+from pydantic import BaseModel, EmailStr, Field, ValidationError, field_validator
 
+from runtime.api.auth import hash_password, new_invite
 from runtime.api.channel_setup import ChannelCreate, WidgetChannelCreate, setup_parts
-from runtime.api.contract import AUTHED, NonBlankText, error_responses, merge_patch_schema
+from runtime.api.contract import AUTHED, NonBlankText, Text, error_responses, merge_patch_schema
 from runtime.api.deps import Admin, Ctx, Owner
 from runtime.api.widget import normalize_origin
 from runtime.bot_config import BotConfig, BotStatus, merge_patch
 from runtime.channels.registry import adapter_for
 from runtime.db import bot_configs, channels, tenants
-from runtime.errors import InvalidInput
-from runtime.fields import error_message
-from runtime.security import encrypt_secrets
+from runtime.db import users as users_db
+from runtime.errors import Conflict, Forbidden, InvalidInput
+from runtime.fields import error_message, json_int
+from runtime.security import encrypt_secrets, hash_api_key
 
 router = APIRouter(prefix="/v1", tags=["admin"], responses=error_responses(*AUTHED, 404, 409))
 
@@ -215,22 +217,35 @@ async def get_channel(channel_id: UUID, request: Request, ctx: Ctx, who: Owner) 
 
 
 # ---------------------------------------------------------------- users
+Role = Literal["owner", "admin", "agent", "viewer"]
+
+
 class UserCreate(BaseModel):
-    """POST /v1/users body."""
+    """POST /v1/users body. Give a ``password`` (the person logs in to the inbox with the email
+    at once) or ``invite: true`` (an invite token is returned once, redeemed at POST
+    /v1/auth/invite), or neither (an API key only, for integrations)."""
 
     name: NonBlankText = Field(max_length=200)
     email: EmailStr | None = None
-    role: Literal["agent", "owner"] = "agent"
+    role: Role = "agent"
+    password: Text | None = Field(default=None, min_length=10, max_length=256)
+    invite: bool = Field(default=False, strict=True)
+    max_open_sessions: int | None = Field(default=None, ge=1, le=1000, strict=True,
+                                          description="open conversations at once (round-robin limit)")
+
+    _ints = field_validator("max_open_sessions", mode="before")(json_int)
 
 
 class UserCreated(BaseModel):
-    """The new user and its API key (shown once)."""
+    """The new user and its API key (shown once), and the invite token when one was asked for."""
 
     id: UUID
     name: str
     email: str | None
     role: str
     api_key: str
+    invite_token: str | None = None
+    invite_expires_at: datetime | None = None
 
 
 class UserOut(BaseModel):
@@ -242,20 +257,84 @@ class UserOut(BaseModel):
     role: str
     api_key_prefix: str
     created_at: datetime
+    can_log_in: bool = False
+    invited: bool = False
+    disabled: bool = False
+    max_open_sessions: int | None = None
+
+
+def _user_out(r: Any) -> UserOut:
+    return UserOut(**{k: r[k] for k in ("id", "name", "email", "role", "api_key_prefix", "created_at",
+                                        "can_log_in", "invited", "max_open_sessions")},
+                   disabled=r["disabled_at"] is not None)
+
+
+def _may_grant(who: Any, role: str) -> None:
+    if role == "owner" and who.role != "owner":
+        raise Forbidden("only an owner can make someone an owner")
 
 
 @router.post("/users", response_model=UserCreated, status_code=201)
 async def create_user(body: UserCreate, ctx: Ctx, who: Owner) -> UserCreated:
-    """Create an agent (or another owner) in the caller's tenant."""
+    """Create a user in the caller's tenant (owners and admins; only owners create owners).
+    Roles: owner, admin (the setup and the inbox), agent (the inbox), viewer (reads only). An
+    email that already logs in to a workspace: 409."""
+    _may_grant(who, body.role)
+    # Conflicts between fields the schema cannot express: 409, naming the field.
+    if (body.password or body.invite) and body.email is None:
+        raise Conflict("email: a user who logs in needs an email address", field="email")
+    if body.password and body.invite:
+        raise Conflict("invite: give a password or ask for an invite, not both", field="invite")
+    password_hash = await hash_password(body.password) if body.password else None
+    invite, expires = new_invite() if body.invite else (None, None)
     async with ctx.pool.acquire() as conn:
-        row, key = await tenants.create_user(conn, who.tenant_id, body.name, body.email, body.role)
+        row, key = await users_db.create_user(
+            conn, who.tenant_id, body.name, body.email, body.role, password_hash=password_hash,
+            invite_hash=hash_api_key(invite) if invite else None, invite_expires_at=expires,
+            max_open_sessions=body.max_open_sessions)
     return UserCreated(id=row["id"], name=row["name"], email=row["email"], role=row["role"],
-                       api_key=key)
+                       api_key=key, invite_token=invite, invite_expires_at=expires)
 
 
 @router.get("/users", response_model=list[UserOut])
 async def list_users(ctx: Ctx, who: Owner) -> list[UserOut]:
     """The tenant's users."""
     async with ctx.pool.acquire() as conn:
-        rows = await tenants.list_users(conn, who.tenant_id)
-    return [UserOut(**dict(r)) for r in rows]
+        rows = await users_db.list_users(conn, who.tenant_id)
+    return [_user_out(r) for r in rows]
+
+
+class UserPatch(BaseModel):
+    """PATCH /v1/users/{id} body: any of these."""
+
+    name: NonBlankText | None = Field(default=None, max_length=200)
+    role: Role | None = None
+    password: Text | None = Field(default=None, min_length=10, max_length=256,
+                                  description="a new password; ends the user's logins")
+    disabled: bool | None = Field(default=None, strict=True,
+                                  description="true ends the user's logins and keys")
+    max_open_sessions: int | None = Field(default=None, ge=1, le=1000, strict=True)
+
+    _ints = field_validator("max_open_sessions", mode="before")(json_int)
+
+
+@router.patch("/users/{user_id}", response_model=UserOut)
+async def patch_user(user_id: UUID, body: UserPatch, ctx: Ctx, who: Owner) -> UserOut:
+    """Change a user's name, role, password, limit, or disable them (owners and admins; an
+    admin cannot change an owner or make one; the last active owner stays an active owner)."""
+    fields: dict[str, Any] = body.model_dump(exclude_unset=True, exclude={"password"})
+    fields = {k: v for k, v in fields.items() if v is not None or k == "max_open_sessions"}
+    if body.password is not None:
+        fields["password_hash"] = await hash_password(body.password)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        target = await users_db.get_user(conn, who.tenant_id, user_id)
+        if target["role"] == "owner" and who.role != "owner":
+            raise Forbidden("only an owner can change an owner")
+        if "role" in fields:
+            _may_grant(who, fields["role"])
+        demoted = target["role"] == "owner" and (
+            fields.get("role", "owner") != "owner" or bool(fields.get("disabled")))
+        if demoted and await users_db.count_owners(conn, who.tenant_id) <= 1:
+            raise Conflict("this is the last active owner: make someone else an owner first")
+        row = await users_db.update_user(conn, who.tenant_id, user_id, **fields)
+    return _user_out(row)

@@ -4,14 +4,14 @@ close, and the owner's "add to knowledge base" for an unanswered question."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, Field
 
 from runtime.api.contract import AUTHED, AfterId, NonBlankText, error_responses
-from runtime.api.deps import Ctx, Models, OwnedSession, Owner, User
+from runtime.api.deps import Agent, Ctx, Models, OwnedSession, Owner, User, UserScope
 from runtime.api.session_calls import call_session
 from runtime.conversation.payloads import message_payload
 from runtime.db import escalations as esc_db
@@ -40,11 +40,12 @@ class SessionSummary(BaseModel):
 
 
 @router.get("/sessions", response_model=list[SessionSummary])
-async def list_sessions(ctx: Ctx, who: User, status: SessionStatus | None = None,
+async def list_sessions(ctx: Ctx, who: User, scope: UserScope, status: SessionStatus | None = None,
                         limit: int = Query(default=50, ge=1, le=500)) -> list[SessionSummary]:
-    """The tenant's sessions, most recently active first (``?status=human_escalated``)."""
+    """The tenant's sessions, most recently active first (``?status=human_escalated``); an
+    agent in teams sees their teams' only."""
     async with ctx.pool.acquire() as conn:
-        rows = await sess_db.list_sessions(conn, who.tenant_id, status, min(max(limit, 1), 500))
+        rows = await sess_db.list_sessions(conn, who.tenant_id, status, min(max(limit, 1), 500), scope)
     return [SessionSummary(**{k: r[k] for k in SessionSummary.model_fields}) for r in rows]
 
 
@@ -69,7 +70,7 @@ async def session_log(s: OwnedSession, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.post("/sessions/{session_id}/takeover")
-async def takeover(s: OwnedSession) -> dict[str, Any]:
+async def takeover(s: OwnedSession, _: Agent) -> dict[str, Any]:
     """Take the conversation: the bot stops at once (running answer aborted)."""
     return await call_session(s.tenant_id, s.session_id, "takeover", str(s.who.user_id), s.who.name)
 
@@ -81,22 +82,31 @@ class ReplyIn(BaseModel):
 
 
 @router.post("/sessions/{session_id}/reply")
-async def reply(body: ReplyIn, s: OwnedSession) -> dict[str, Any]:
+async def reply(body: ReplyIn, s: OwnedSession, _: Agent) -> dict[str, Any]:
     """Send an agent message to the customer (takes the session over if needed)."""
     return await call_session(s.tenant_id, s.session_id, "agent_reply", str(s.who.user_id), s.who.name,
                               body.text)
 
 
 @router.post("/sessions/{session_id}/hand-back")
-async def hand_back(s: OwnedSession) -> dict[str, Any]:
+async def hand_back(s: OwnedSession, _: Agent) -> dict[str, Any]:
     """Give the conversation back to the bot."""
     return await call_session(s.tenant_id, s.session_id, "hand_back", str(s.who.user_id))
 
 
+class CloseIn(BaseModel):
+    """POST /v1/sessions/{id}/close body (optional)."""
+
+    resolution: Literal["resolved_by_ai", "resolved_by_human", "abandoned"] | None = None
+    send_csat: bool = Field(default=True, strict=True)
+
+
 @router.post("/sessions/{session_id}/close")
-async def close(s: OwnedSession) -> dict[str, Any]:
-    """Close the conversation."""
-    return await call_session(s.tenant_id, s.session_id, "close")
+async def close(s: OwnedSession, _: Agent, body: Annotated[CloseIn | None, Body()] = None) -> dict[str, Any]:
+    """Close the conversation with a resolution (default: from its messages) and ask the
+    customer's CSAT (1-5), as ``POST /v1/inbox/sessions/{id}/close`` does."""
+    body = body or CloseIn()
+    return await call_session(s.tenant_id, s.session_id, "close", body.resolution, body.send_csat)
 
 
 class EscalationOut(BaseModel):

@@ -1,5 +1,6 @@
 """The widget's static side: ``/widget.js`` for host pages, the iframe chat page, its assets, the
-greeting for the launcher bubble, and the ``/demo`` page that ``chat-engine up`` sets up.
+greeting for the launcher bubble, the ``/demo`` page that ``chat-engine up`` sets up, and the
+agents' inbox page (``/inbox``, with the owner's dashboard script when it is installed).
 
 The chat page is served per widget token so that it can send ``Content-Security-Policy:
 frame-ancestors`` with exactly the channel's allowed origins (only those sites may frame it).
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from runtime.api.admin import public_base, widget_snippet
 from runtime.api.deps import Ctx
 from runtime.api.widget import normalize_origin
 from runtime.bot_config import BotConfig
-from runtime.db import bot_configs, channels
+from runtime.db import bot_configs, channels, inbox_hours
 
 router = APIRouter(tags=["widget"], include_in_schema=False)
 
@@ -32,9 +34,18 @@ ASSET_TYPES = {
     "widget.js": "text/javascript; charset=utf-8",
     "frame.js": "text/javascript; charset=utf-8",
     "frame.css": "text/css; charset=utf-8",
+    "inbox.js": "text/javascript; charset=utf-8",
+    "inbox.css": "text/css; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
     "vendor/chart.umd.min.js": "text/javascript; charset=utf-8",
 }
+VENDOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}\.(?:js|css)")
+# The inbox page: same-origin only, nothing inline, never framed (clickjacking), no referrer.
+INBOX_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 ASSET_CACHE = "public, max-age=300"
 FRAME_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -76,16 +87,59 @@ async def frame_css(request: Request) -> Response:
     return _asset("frame.css", request)
 
 
+@router.get("/widget/inbox.js")
+async def inbox_js(request: Request) -> Response:
+    """The inbox page's script."""
+    return _asset("inbox.js", request)
+
+
+@router.get("/widget/inbox.css")
+async def inbox_css(request: Request) -> Response:
+    """The inbox page's styles."""
+    return _asset("inbox.css", request)
+
+
 @router.get("/widget/dashboard.js")
 async def dashboard_js(request: Request) -> Response:
-    """The owner's dashboard (``window.ChatEngineDashboard.mount``), included by the inbox page."""
-    return _asset("dashboard.js", request)
+    """The owner's dashboard (charts; installed with the analytics), 404 until it is."""
+    return _optional_asset("dashboard.js", request)
 
 
-@router.get("/widget/vendor/chart.umd.min.js")
-async def chart_js(request: Request) -> Response:
-    """Chart.js (vendored, MIT; see widget/vendor/README.md), used by the dashboard."""
-    return _asset("vendor/chart.umd.min.js", request)
+@router.get("/widget/dashboard.css")
+async def dashboard_css(request: Request) -> Response:
+    """The dashboard's styles, 404 until installed."""
+    return _optional_asset("dashboard.css", request)
+
+
+@router.get("/widget/vendor/{name}")
+async def vendor_asset(name: str, request: Request) -> Response:
+    """A library vendored for the dashboard (``widget/vendor/*.js`` or ``*.css``), 404 otherwise."""
+    if not VENDOR_NAME.fullmatch(name) or not (WIDGET_DIR / "vendor" / name).is_file():
+        return Response(status_code=404, headers={"Cache-Control": "no-store"})
+    data, etag = _read("vendor/" + name)
+    headers = {"Cache-Control": ASSET_CACHE, "ETag": etag, "X-Content-Type-Options": "nosniff"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    kind = "text/css; charset=utf-8" if name.endswith(".css") else "text/javascript; charset=utf-8"
+    return Response(data, media_type=kind, headers=headers)
+
+
+def _optional_asset(name: str, request: Request) -> Response:
+    if not (WIDGET_DIR / name).is_file():
+        return Response(status_code=404, headers={"Cache-Control": "no-store"})
+    return _asset(name, request)
+
+
+@router.get("/inbox")
+async def inbox_page() -> Response:
+    """The agents' inbox (login, queue, conversations, the owner's dashboard)."""
+    return HTMLResponse(_read("inbox.html")[0], headers={
+        "Content-Security-Policy": INBOX_CSP,
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+    })
 
 
 def _error_page(status: int, title: str, text: str) -> HTMLResponse:
@@ -117,7 +171,8 @@ async def frame(ctx: Ctx, wt: str = "") -> Response:
 
 @router.get("/widget/config")
 async def widget_config(request: Request, ctx: Ctx, wt: str = "") -> Response:
-    """The bot's name and greeting for the launcher bubble (no session is created).
+    """The bot's name and greeting for the launcher bubble, and whether the team is offline
+    (business hours); no session is created.
 
     Answered with CORS only for the channel's allowed origins; unknown token: 404.
     """
@@ -130,10 +185,12 @@ async def widget_config(request: Request, ctx: Ctx, wt: str = "") -> Response:
         cfg = BotConfig.model_validate(
             (await bot_configs.get_bot_config(conn, channel["tenant_id"]))["config"]
         )
+        hours = (await inbox_hours.get_inbox_settings(conn, channel["tenant_id"])).business_hours
     headers = {"Cache-Control": "no-store", "Vary": "Origin"}
     if origin and origin in {normalize_origin(o) for o in channel["allowed_origins"]}:
         headers["Access-Control-Allow-Origin"] = origin
-    return JSONResponse({"bot_name": cfg.bot_name, "greeting": cfg.greeting}, headers=headers)
+    return JSONResponse({"bot_name": cfg.bot_name, "greeting": cfg.greeting,
+                         "offline": not hours.is_open(inbox_hours.now_utc())}, headers=headers)
 
 
 def demo_info(data_dir: Path) -> dict[str, Any] | None:

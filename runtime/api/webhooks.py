@@ -254,7 +254,8 @@ async def _store_one(conn: Any, channel: Any, m: ChannelMessage, idle_h: float) 
                                                               thread["subject_key"])
     session, _ = await sess_db.open_channel_session(
         conn, tenant_id, channel_id, contact_id, m.address, thread, idle_h, session_id=matched,
-        new=channel["type"] == "email" and matched is None)
+        new=channel["type"] == "email" and matched is None,
+        csat_reply=m.kind == "message" and sess_db.parse_csat_score(m.text) is not None)
     row, created = await msg_db.insert_customer_message(
         conn, tenant_id, session["id"], channel_id, m.text, m.attachments, None, m.external_id)
     if not created:

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sse_starlette.sse import EventSourceResponse
 
 from runtime.api.client_ip import client_ip
@@ -27,12 +27,12 @@ from runtime.api.streams import replay_answer, session_event_stream, turn_events
 from runtime.bot_config import BotConfig
 from runtime.config import get_settings
 from runtime.conversation.payloads import message_payload
-from runtime.db import bot_configs, channels
+from runtime.db import bot_configs, channels, inbox_hours
 from runtime.db import messages as msg_db
 from runtime.db import sessions as sess_db
 from runtime.errors import ChatEngineError, Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 from runtime.events import SessionEvents
-from runtime.fields import describe_pattern
+from runtime.fields import describe_pattern, json_int
 from runtime.security import (
     issue_session_token,
     issue_visitor_id,
@@ -125,6 +125,8 @@ class SessionOut(BaseModel):
     greeting: str
     visitor_id: str | None = Field(description="keep it and send it with the next session: the "
                                    "same visitor, one contact (null on a restored session without one)")
+    offline: bool = Field(default=False, description="the team is outside its business hours: a "
+                          "request for a human gets the offline auto-reply")
 
 
 @router.options("/sessions", include_in_schema=False)
@@ -167,6 +169,8 @@ async def create_session(body: SessionCreate, request: Request, ctx: Ctx) -> Any
                              ctx.settings.rate_limit_widget_token_per_min)
             tenant_id, channel_id = channel["tenant_id"], channel["id"]
             cfg = BotConfig.model_validate((await bot_configs.get_bot_config(conn, tenant_id))["config"])
+            offline = not (await inbox_hours.get_inbox_settings(conn, tenant_id)).business_hours.is_open(
+                inbox_hours.now_utc())
             session = None
             # Only an id this server signed for this channel names a contact: a client cannot
             # take over another visitor's contact (and their email) by naming its id.
@@ -196,6 +200,7 @@ async def create_session(body: SessionCreate, request: Request, ctx: Ctx) -> Any
     out = SessionOut(
         session_id=session["id"], session_token=token, expires_at=exp, status=session["status"],
         restored=restored, bot_name=cfg.bot_name, greeting=cfg.greeting, visitor_id=visitor,
+        offline=offline,
     )
     return JSONResponse(out.model_dump(mode="json"),
                         headers={**CORS_HEADERS, "Access-Control-Allow-Origin": origin})
@@ -280,12 +285,31 @@ async def session_events(
 @router.get("/sessions/{session_id}/messages")
 async def list_messages(session_id: UUID, ctx: Ctx, claims: WidgetSession,
                         after: AfterId = 0) -> dict[str, Any]:
-    """Delivered messages with id > ``after``, oldest first (history and reconnection)."""
+    """Delivered messages with id > ``after``, oldest first (history and reconnection), with
+    whether the team is offline (business hours) and the CSAT state (``asked``, ``score``)."""
     async with ctx.pool.acquire() as conn:
         session = await sess_db.get_session(conn, claims.tenant_id, session_id)
         rows = await msg_db.list_messages(conn, claims.tenant_id, session_id, after)
+        hours = (await inbox_hours.get_inbox_settings(conn, claims.tenant_id)).business_hours
     return {"session_id": str(session_id), "status": session["status"],
-            "messages": [message_payload(r) for r in rows]}
+            "messages": [message_payload(r) for r in rows],
+            "offline": not hours.is_open(inbox_hours.now_utc()),
+            "csat": {"asked": session["csat_asked_at"] is not None, "score": session["csat_score"]}}
+
+
+class CsatIn(BaseModel):
+    """POST /v1/widget/sessions/{id}/csat body."""
+
+    score: int = Field(ge=1, le=5, strict=True, description="1 (poor) to 5 (great)")
+
+    _ints = field_validator("score", mode="before")(json_int)
+
+
+@router.post("/sessions/{session_id}/csat")
+async def rate(session_id: UUID, body: CsatIn, claims: WidgetSession) -> dict[str, Any]:
+    """The customer's answer to the CSAT question (the chat window's 1-5 buttons): recorded
+    once. 409 when no question was asked."""
+    return await call_session(claims.tenant_id, session_id, "rate", body.score)
 
 
 @router.post("/sessions/{session_id}/handoff")

@@ -22,6 +22,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
+from runtime.conversation.closing import auto_close, close_conversation, record_csat
 from runtime.conversation.delivery import send_message
 from runtime.conversation.escalation import Escalation, escalate, now
 from runtime.conversation.lifecycle import ConversationLifecycle
@@ -129,8 +130,9 @@ class Conversation(ConversationLifecycle):
         live.record = live.record.with_(status="human_assigned", assignee_id=agent)
         live.sla.cancel()
         await live.delivery.emit("agent_joined", f"{mid}:0", {"agent_name": agent_name})
-        await live.events.notify_inbox(self.tenant_id, "assigned",
-                                       {"session_id": self.session_id, "agent_id": str(agent)})
+        await live.events.notify_inbox(self.tenant_id, "assigned", {
+            "session_id": self.session_id, "agent_id": str(agent), "assignee_id": str(agent),
+            "agent_name": agent_name, "status": "human_assigned"})
 
     async def agent_reply(self, agent_id: str, agent_name: str, text: str) -> dict[str, Any]:
         """Deliver an agent's message (taking the session over first if nobody has). Raises
@@ -143,10 +145,14 @@ class Conversation(ConversationLifecycle):
 
             async def answered(conn: Conn) -> None:
                 await msg_db.close_inbox_messages(conn, self.tenant_id, self.session_id)
+                await sess_db.mark_first_human_reply(conn, self.tenant_id, self.session_id)
 
-            return await send_message(live.pool, live.delivery, live.record, "agent", text, 0,
-                                      agent_id=UUID(agent_id), in_tx=answered,
-                                      payload_extra={"agent_name": agent_name})
+            payload = await send_message(live.pool, live.delivery, live.record, "agent", text, 0,
+                                         agent_id=UUID(agent_id), in_tx=answered,
+                                         payload_extra={"agent_name": agent_name})
+            await live.events.notify_inbox(self.tenant_id, "message", {
+                "session_id": self.session_id, "message_id": payload["id"], "sender": "agent"})
+            return payload
 
     async def hand_back(self, agent_id: str | None = None) -> dict[str, Any]:
         """Return the conversation to the bot (``ai_handled``). Raises Conflict when closed."""
@@ -161,23 +167,35 @@ class Conversation(ConversationLifecycle):
             live.record = live.record.with_(status="ai_handled", assignee_id=None)
             live.state = state
             live.sla.cancel()
+            await live.events.notify_inbox(self.tenant_id, "status", {
+                "session_id": self.session_id, "status": "ai_handled", "assignee_id": None})
             return {"status": "ai_handled"}
 
-    async def close(self) -> dict[str, Any]:
-        """Close the conversation (a running answer is aborted); the actor passivates soon."""
+    async def close(self, resolution: str | None = None, ask_csat: bool = True) -> dict[str, Any]:
+        """Close the conversation (a running answer is aborted); the actor passivates soon.
+
+        resolution: resolved_by_ai | resolved_by_human | abandoned (None: from the messages,
+        :func:`runtime.db.sessions.default_resolution`). ask_csat: send the tenant's CSAT question
+        (1-5) in the closing transaction when the customer or an agent wrote, it was not
+        abandoned and CSAT is on. Returns ``{"status", "resolution", "csat_asked"}``; closing a
+        closed conversation changes nothing."""
         async with self._transition(abort=True) as live:
-            async with live.pool.acquire() as conn, conn.transaction():
-                await sess_db.update_session(conn, self.tenant_id, self.session_id, status="closed",
-                                             closed_at=now())
-                await timer_db.clear_timer(conn, self.tenant_id, self.session_id, "sla")
-            live.record = live.record.with_(status="closed")
-            live.sla.cancel()
-            self.last_activity = 0.0
-            return {"status": "closed"}
+            return await close_conversation(self, live, resolution, ask_csat)
+
+    async def rate(self, score: int) -> dict[str, Any]:
+        """The customer's CSAT answer (1-5, the widget's buttons): recorded once, thanked once.
+        Returns ``{"csat_score", "duplicate"}``. Raises Conflict when no CSAT question was asked."""
+        async with self._transition(abort=False) as live:
+            return await record_csat(live, score, reply_to=None)
 
     async def fire_timer(self, kind: str) -> dict[str, Any]:
         """Run a due timer (the Timekeeper's call or the in-memory SLA timer). Acts at most once:
-        the timer row is deleted in the transaction that sends the fallback message."""
+        the timer row is deleted in the transaction that sends the fallback message.
+        ``auto_close``: close a conversation with the bot that stayed silent
+        ``auto_close_hours`` (no CSAT question: the customer has gone)."""
+        if kind == "auto_close":  # never aborts an answer: a busy conversation is not idle
+            async with self._transition(abort=False) as live:
+                return await auto_close(self, live)
         if kind != "sla":
             return {"fired": False}
         async with self._transition(abort=False) as live:

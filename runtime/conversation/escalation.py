@@ -26,8 +26,9 @@ from runtime.bot_config import BotConfig
 from runtime.config import get_settings
 from runtime.conversation.delivery import Delivery, publish_message, store_message
 from runtime.conversation.state import SessionRecord, SessionState
-from runtime.db import Conn
+from runtime.db import Conn, inbox_hours
 from runtime.db import escalations as esc_db
+from runtime.db import inbox_teams as teams_db
 from runtime.db import sessions as sess_db
 from runtime.db import timers as timer_db
 from runtime.events import SessionEvents
@@ -65,15 +66,29 @@ async def escalate(
     becomes ``inbox``. on_committed(record, state, sla_due) runs after the commit and before any
     event goes out. Raises what asyncpg raises (nothing committed, nothing emitted).
     """
-    due = now() + timedelta(minutes=cfg.sla_minutes or default_sla_minutes)
-    ids: dict[str, UUID] = {}
+    at = now()
+    async with pool.acquire() as conn:
+        inbox = await inbox_hours.get_inbox_settings(conn, record.tenant_id)
+    hours = inbox.business_hours
+    offline = not hours.is_open(at)
+    # Outside business hours the SLA counts from the next opening (nobody can claim before it).
+    start = (hours.next_open(at) or at) if offline else at
+    due = start + timedelta(minutes=cfg.sla_minutes or default_sla_minutes)
+    ids: dict[str, Any] = {}
 
     async def writes(conn: Conn) -> None:
+        team_id, assignee = await teams_db.route_escalation(conn, record.tenant_id, record.channel_id)
+        ids.update(team=team_id, assignee=assignee)
+        routed: dict[str, Any] = {"team_id": team_id} if team_id else {}
+        if assignee is not None:
+            routed["assignee_id"] = assignee
         await sess_db.update_session(
             conn, record.tenant_id, record.session_id, status="human_escalated",
             escalation_reason=esc.reason, escalation_question=esc.question, escalated_at=now(),
-            state=state.dump(),
+            state=state.dump(), **routed,
         )
+        ids["contact"] = (await sess_db.get_contact(conn, record.tenant_id, record.contact_id)
+                          if record.contact_id else None)
         ids["escalation"] = await esc_db.insert_escalation(
             conn, record.tenant_id, record.session_id, esc.reason, esc.signal, esc.question,
             esc.priority,
@@ -86,18 +101,26 @@ async def escalate(
         ids.update(await _ticket(conn, record, cfg, esc, ids["escalation"]))
 
     text = cfg.could_not_answer_message if esc.signal == "low_coverage" else cfg.handoff_message
+    if offline:
+        text = inbox.offline_reply(at)
     stored = await store_message(
         pool, delivery, record, "system", text, reply_to=turn or None,
-        customer_status="inbox" if turn else None, in_tx=writes, intent="escalation",
+        customer_status="inbox" if turn else None, in_tx=writes,
+        intent="offline" if offline else "escalation",
     )
-    on_committed(record.with_(status="human_escalated"), state, due)
+    on_committed(record.with_(status="human_escalated", assignee_id=ids["assignee"]), state, due)
     metrics().escalation(esc.signal)
-    handoff = {"reason": esc.reason, "signal": esc.signal, "priority": esc.priority}
+    handoff = {"reason": esc.reason, "signal": esc.signal, "priority": esc.priority, "offline": offline}
     await publish_message(delivery, stored, turn, extra_events=(("handoff", handoff),))
+    contact = ids["contact"]
     await events.notify_inbox(record.tenant_id, "escalation", {
         "session_id": record.session_id, "escalation_id": ids["escalation"], "reason": esc.reason,
         "signal": esc.signal, "question": esc.question, "priority": esc.priority,
         "ticket_id": ids.get("ticket"),
+        "channel_id": record.channel_id, "channel_type": record.channel_type,
+        "contact_name": (contact["name"] or contact["email"] or contact["phone"]) if contact else None,
+        "team_id": ids["team"], "assignee_id": ids["assignee"], "offline": offline,
+        "status": "human_escalated",
     })
     return stored.payload
 

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -230,6 +231,16 @@ class ConversationLifecycle(abc.ABC):
                 self._turns_open.set()
 
     # ------------------------------------------------------------------ passivation
+    async def _arm_auto_close(self, conn: Any) -> None:
+        """A conversation still with the bot, in which the customer wrote, is closed after
+        ``auto_close_hours`` of silence (the Timekeeper fires the stored timer; see
+        :mod:`runtime.conversation.closing`)."""
+        if self.live is None or self.live.record.status != "ai_handled":
+            return
+        if await sess_db.has_customer_messages(conn, self.tenant_id, self.session_id):
+            due = datetime.now(UTC) + timedelta(hours=self.settings.auto_close_hours)
+            await timer_db.set_timer(conn, self.tenant_id, self.session_id, "auto_close", due)
+
     def idle_for(self) -> float:
         """Seconds since the last call or turn."""
         return time.monotonic() - self.last_activity
@@ -260,6 +271,7 @@ class ConversationLifecycle(abc.ABC):
                 async with self.live.pool.acquire() as conn:
                     await sess_db.update_session(conn, self.tenant_id, self.session_id,
                                                  state=self.live.state.dump())
+                    await self._arm_auto_close(conn)
         with contextlib.suppress(Exception):
             if self.live is not None:
                 await release_lease(self.live.events.redis, self.tenant_id, self.session_id,

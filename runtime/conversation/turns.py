@@ -19,6 +19,7 @@ from typing import Any
 
 from runtime.actions.types import ActionSession
 from runtime.conversation.answers import AnswerWriter, CouldNotAnswer
+from runtime.conversation.closing import record_csat
 from runtime.conversation.control import Aborted, TurnControl
 from runtime.conversation.decisions import (
     Act,
@@ -114,6 +115,14 @@ class TurnRunner:
         ctl.answer_id = None
         ctl.tokens_sent = 0
         if live.record.status == "closed":
+            score = sess_db.parse_csat_score(row["text"])
+            if score is not None:
+                async with live.pool.acquire() as conn:
+                    asked = (await sess_db.csat_state(conn, live.tenant_id, live.session_id))["csat_asked_at"]
+                if asked is not None:  # the answer to the CSAT question: the conversation stays closed
+                    async with ctl.delivering():
+                        await record_csat(live, score, reply_to=message_id)
+                    return "reply"
             await self._reopen()
         msg = InboundMessage(message_id, row["text"], list(row["attachments"] or []))
         outcome = await self.pipeline.decide(
@@ -215,8 +224,7 @@ class TurnRunner:
         """A customer writing to a closed conversation reopens it with the bot."""
         live = self.live
         async with live.pool.acquire() as conn:
-            await sess_db.update_session(conn, live.tenant_id, live.session_id, status="ai_handled",
-                                         assignee_id=None, closed_at=None)
+            await sess_db.reopen_session(conn, live.tenant_id, live.session_id)
         live.record = live.record.with_(status="ai_handled", assignee_id=None)
 
     async def _contact_has_email(self) -> bool:

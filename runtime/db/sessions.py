@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from runtime.db import Conn
+from runtime.db.inbox_teams import Scope
 from runtime.errors import SessionNotFound
 
 SESSION_COLUMNS = """id, tenant_id, channel_id, contact_id, status, assignee_id,
     escalation_reason, escalation_question, origin, state, created_at, updated_at,
-    last_activity_at, escalated_at, assigned_at, closed_at, address, thread"""
+    last_activity_at, escalated_at, assigned_at, closed_at, address, thread, team_id, resolution,
+    first_human_reply_at, csat_asked_at, csat_score, csat_at"""
+
+# A bare score within this long after the CSAT question answers it (messaging channels).
+CSAT_REPLY_HOURS = 24.0
+_CSAT_RE = re.compile(r"^\s*([1-5])(?:\s*(?:/\s*5|stars?|\u2b50+))?\s*[.!]?\s*$", re.IGNORECASE)
+
+
+def parse_csat_score(text: str | None) -> int | None:
+    """A CSAT answer in a customer's message: ``4``, ``4/5``, ``5 stars``, ``3.``; None for
+    anything else (a question, a sentence with a number in it)."""
+    m = _CSAT_RE.match(text or "")
+    return int(m.group(1)) if m else None
+
 
 # ------------------------------------------------------------------ contacts & sessions
 async def upsert_contact(
@@ -76,14 +91,16 @@ async def get_session(conn: Conn, tenant_id: UUID, session_id: UUID) -> asyncpg.
 
 
 async def list_sessions(
-    conn: Conn, tenant_id: UUID, status: str | None, limit: int
+    conn: Conn, tenant_id: UUID, status: str | None, limit: int, scope: Scope | None = None,
 ) -> list[asyncpg.Record]:
-    """Sessions of the tenant, most recently active first, optionally by status."""
+    """Sessions of the tenant, most recently active first, optionally by status, only those in
+    ``scope`` (an agent's teams; None: all)."""
+    clause, extra = (scope or Scope(everything=True)).sql(4, alias="sessions")
     return await conn.fetch(
         f"""SELECT {SESSION_COLUMNS} FROM sessions
-            WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
+            WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) AND {clause}
             ORDER BY last_activity_at DESC LIMIT $3""",
-        tenant_id, status, limit,
+        tenant_id, status, limit, *extra,
     )
 
 
@@ -94,6 +111,7 @@ async def update_session(
     allowed = {
         "status", "assignee_id", "escalation_reason", "escalation_question", "state",
         "escalated_at", "assigned_at", "closed_at",
+        "team_id", "resolution", "csat_asked_at", "csat_score", "csat_at",
     }
     assert set(fields) <= allowed, set(fields) - allowed
     cols = list(fields)
@@ -128,6 +146,7 @@ async def get_session_for_actor(conn: Conn, tenant_id: UUID, session_id: UUID) -
 async def open_channel_session(
     conn: Conn, tenant_id: UUID, channel_id: UUID, contact_id: UUID, address: str,
     thread: dict[str, Any], idle_hours: float, session_id: UUID | None = None, new: bool = False,
+    csat_reply: bool = False,
 ) -> tuple[asyncpg.Record, bool]:
     """The open session of ``contact_id`` on a messaging channel, or a new one.
 
@@ -136,10 +155,16 @@ async def open_channel_session(
     email on a new subject is a new conversation). Serialised per (channel, contact) with a
     transaction-level advisory lock, so two webhooks at once never open two sessions; call inside
     a transaction. The session's ``address`` and ``thread`` are brought up to date (the reply goes
-    where the customer last wrote from). Returns (row, created).
+    where the customer last wrote from). csat_reply: the message is a bare score
+    (:func:`parse_csat_score`): a closed session of the contact waiting for its CSAT answer
+    (:data:`CSAT_REPLY_HOURS`) takes it, closed as it is. Returns (row, created).
     """
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                        f"chsess:{channel_id}:{contact_id}")
+    if csat_reply:
+        pending = await csat_session_for_reply(conn, tenant_id, channel_id, contact_id, CSAT_REPLY_HOURS)
+        if pending is not None and session_id in (None, pending):
+            return await get_session(conn, tenant_id, pending), False
     row = None if new else await conn.fetchrow(
         f"""SELECT {SESSION_COLUMNS} FROM sessions
             WHERE tenant_id = $1 AND channel_id = $2 AND contact_id = $3 AND status <> 'closed'
@@ -199,4 +224,86 @@ async def session_for_email_subject(
              AND thread->>'subject_key' = $4
            ORDER BY last_activity_at DESC LIMIT 1""",
         tenant_id, channel_id, contact_id, subject_key,
+    )
+
+
+# ------------------------------------------------------------------ inbox: resolution, CSAT
+async def default_resolution(conn: Conn, tenant_id: UUID, session_id: UUID) -> str | None:
+    """How the conversation ended, from its messages: ``resolved_by_human`` when an agent wrote
+    in it, ``abandoned`` when it waits for a human or the customer's last message has no answer
+    (waiting in the inbox or unanswered), ``resolved_by_ai`` otherwise; None when the customer
+    never wrote (no conversation to resolve)."""
+    row = await conn.fetchrow(
+        """SELECT
+             EXISTS (SELECT 1 FROM messages WHERE tenant_id = $1 AND session_id = $2 AND sender = 'agent'
+                     AND status = 'sent') AS agent_wrote,
+             (SELECT status FROM messages WHERE tenant_id = $1 AND session_id = $2 AND sender = 'customer'
+              ORDER BY id DESC LIMIT 1) AS last_customer,
+             (SELECT status FROM sessions WHERE tenant_id = $1 AND id = $2) AS status""",
+        tenant_id, session_id,
+    )
+    assert row is not None
+    if row["agent_wrote"]:
+        return "resolved_by_human"
+    waiting = row["status"] in ("human_escalated", "human_assigned")
+    if waiting or row["last_customer"] in ("inbox", "received"):
+        return "abandoned"
+    if row["last_customer"] is None:
+        return None
+    return "resolved_by_ai"
+
+
+async def mark_first_human_reply(conn: Conn, tenant_id: UUID, session_id: UUID) -> None:
+    """Record the first agent message after an escalation (kept once set)."""
+    await conn.execute(
+        """UPDATE sessions SET first_human_reply_at = now()
+           WHERE tenant_id = $1 AND id = $2 AND first_human_reply_at IS NULL AND escalated_at IS NOT NULL""",
+        tenant_id, session_id,
+    )
+
+
+async def reopen_session(conn: Conn, tenant_id: UUID, session_id: UUID) -> None:
+    """A customer wrote to a closed conversation: open again with the bot, no resolution; an
+    unanswered CSAT question is forgotten (the next close asks again)."""
+    await conn.execute(
+        """UPDATE sessions SET status = 'ai_handled', assignee_id = NULL, closed_at = NULL,
+                  resolution = NULL,
+                  csat_asked_at = CASE WHEN csat_score IS NULL THEN NULL ELSE csat_asked_at END,
+                  updated_at = now(), last_activity_at = now()
+           WHERE tenant_id = $1 AND id = $2""",
+        tenant_id, session_id,
+    )
+
+
+async def csat_state(conn: Conn, tenant_id: UUID, session_id: UUID) -> asyncpg.Record:
+    """``csat_asked_at``, ``csat_score``, ``csat_at`` and ``last_activity_at`` of a session.
+    Raises SessionNotFound."""
+    row = await conn.fetchrow(
+        """SELECT csat_asked_at, csat_score, csat_at, last_activity_at, status FROM sessions
+           WHERE tenant_id = $1 AND id = $2""", tenant_id, session_id)
+    if row is None:
+        raise SessionNotFound(f"no session {session_id} in this tenant")
+    return row
+
+
+async def has_customer_messages(conn: Conn, tenant_id: UUID, session_id: UUID,
+                                senders: tuple[str, ...] = ("customer",)) -> bool:
+    """Whether the customer (or any of ``senders``) wrote anything in the session."""
+    return bool(await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM messages
+                          WHERE tenant_id = $1 AND session_id = $2 AND sender = ANY($3::text[]))""",
+        tenant_id, session_id, list(senders)))
+
+
+async def csat_session_for_reply(
+    conn: Conn, tenant_id: UUID, channel_id: UUID, contact_id: UUID, within_hours: float,
+) -> UUID | None:
+    """The contact's closed session on a messaging channel whose CSAT question (asked within
+    ``within_hours``) is still unanswered: a bare score sent now answers it there."""
+    return await conn.fetchval(
+        """SELECT id FROM sessions
+           WHERE tenant_id = $1 AND channel_id = $2 AND contact_id = $3 AND status = 'closed'
+             AND csat_asked_at > now() - make_interval(secs => $4) AND csat_score IS NULL
+           ORDER BY csat_asked_at DESC LIMIT 1""",
+        tenant_id, channel_id, contact_id, within_hours * 3600.0,
     )

@@ -15,12 +15,13 @@ from runtime.security import hash_api_key, new_api_key
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a tenant user resolved from an API key."""
+    """Who is calling: a tenant user resolved from an API key or a login cookie."""
 
     user_id: UUID
     tenant_id: UUID
     role: str
     name: str
+    via: str = "key"  # "key": an API key; "cookie": a login session of the inbox
 
 
 async def create_tenant(
