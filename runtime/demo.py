@@ -5,7 +5,10 @@ key), so it exercises exactly what a new user would: create a tenant, set the pe
 widget channel allowing the base URL's origin, and ingest the shipped sample knowledge base
 (``widget/sample_kb``: a fictional bike-repair shop) or the ``--site`` / ``--pdf`` given. The ids
 and the widget token are kept in ``<data dir>/demo.json`` so later starts reuse the demo; the
-``/demo`` page (``runtime.api.static``) reads the same file.
+``/demo`` page (``runtime.api.static``) reads the same file. The demo owner also gets an inbox
+login (``owner-<tenant id prefix>@example.com``, login emails being unique across tenants, and a
+generated password, kept in the same file, mode 0600), so the agents' page at ``/inbox`` can be
+tried at once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -116,7 +120,8 @@ async def ensure_demo(
     pdf: Path | None = None, *, wait_s: float = HEALTH_WAIT_S, ingest_wait_s: float = INGEST_WAIT_S,
 ) -> dict[str, Any] | None:
     """Create the demo tenant on first start (reuse it later); returns
-    ``{"snippet", "tenant_id", "widget_token", "demo_url"}``, or None when it could not be set up
+    ``{"snippet", "tenant_id", "widget_token", "demo_url", "inbox_url", "inbox_email",
+    "inbox_password"}``, or None when it could not be set up
     (the reason is logged; the service keeps running).
 
     ``database_url`` is accepted for the launcher's signature; everything goes through the API.
@@ -136,6 +141,9 @@ async def ensure_demo(
                 r = await client.get("/v1/channels", headers=owner)
                 tokens = [c.get("widget_token") for c in r.json()] if r.status_code == 200 else []
                 if info.get("widget_token") in tokens:
+                    if "inbox_password" not in info:  # a demo made before the inbox existed
+                        info.update(await _inbox_login(client, owner, info["tenant_id"]))
+                        _store(path, info)
                     if site or pdf is not None:
                         job = await _ingest(client, owner, site, pdf, ingest_wait_s)
                         log.info("demo ingestion job %s: %s", job["id"], job["status"])
@@ -154,6 +162,7 @@ async def ensure_demo(
                 "channel_id": channel["id"], "widget_token": channel["widget_token"],
                 "business": BUSINESS,
             }
+            info.update(await _inbox_login(client, owner, tenant["tenant_id"]))
             _store(path, info)
             job = await _ingest(client, owner, site, pdf, ingest_wait_s)
             if job["status"] != "completed":
@@ -167,9 +176,26 @@ async def ensure_demo(
         return None
 
 
+async def _inbox_login(client: httpx.AsyncClient, owner: dict[str, str], tenant_id: str) -> dict[str, str]:
+    """Create the demo's inbox login (an owner, ``owner-<tenant id prefix>@example.com``, with a
+    generated password); returns ``{"inbox_email", "inbox_password"}``, or ``{}`` when the API
+    refuses (logged: the demo works without it)."""
+    email, password = f"owner-{tenant_id[:8]}@example.com", secrets.token_urlsafe(12)
+    try:
+        _check(await client.post("/v1/users", headers=owner, json={
+            "name": "Demo owner", "email": email, "role": "owner", "password": password,
+        }), "creating the demo's inbox login")
+    except RuntimeError as exc:
+        log.warning("%s", exc)
+        return {}
+    return {"inbox_email": email, "inbox_password": password}
+
+
 def _result(info: dict[str, Any], base: str) -> dict[str, Any]:
     token = info["widget_token"]
     return {
         "snippet": f'<script src="{base}/widget.js" data-widget-token="{token}" async></script>',
         "tenant_id": info["tenant_id"], "widget_token": token, "demo_url": f"{base}/demo",
+        "inbox_url": f"{base}/inbox", "inbox_email": info.get("inbox_email"),
+        "inbox_password": info.get("inbox_password"),
     }

@@ -471,6 +471,13 @@ async def test_demo_tenant_and_page(page: Page, app_url: str, services: Any) -> 
     assert first is not None and first["snippet"].startswith(f'<script src="{app_url}/widget.js"')
     again = await ensure_demo(settings, services.database_url, app_url, None, None)
     assert again == first, "a later start reuses the demo tenant"
+    # The inbox login printed by `chat-engine up` works, and only with its own password.
+    async with httpx.AsyncClient(base_url=app_url, timeout=30) as c:
+        login = {"email": first["inbox_email"], "password": first["inbox_password"]}
+        ok = await c.post("/v1/auth/login", json=login)
+        assert ok.status_code == 200 and ok.json()["role"] == "owner", ok.text
+        bad = await c.post("/v1/auth/login", json={**login, "password": login["password"] + "x"})
+        assert bad.status_code == 401, bad.text
 
     await page.page.goto(app_url + "/demo")
     assert "Spoke &amp; Sprocket" in await page.page.content()

@@ -144,6 +144,9 @@ def up(
             if info:
                 console.print(f"  demo page: {base}/demo")
                 console.print(f"  widget snippet: {info['snippet']}")
+                if info.get("inbox_password"):
+                    console.print(f"  inbox    : {info['inbox_url']}  (log in as {info['inbox_email']}, "
+                                  f"password {info['inbox_password']}; kept in the data dir's demo.json)")
         console.print("Press Ctrl-C to stop.")
         stop.wait()
     finally:
