@@ -306,6 +306,11 @@ class Settings(BaseSettings):
     warm_sessions_per_node: int = Field(
         default=24, ge=0, description="actors started ahead of a first message, per Ray node at once",
     )
+    spare_session_workers: int = Field(
+        default=4, ge=0,
+        description="Ray worker processes kept started and warmed (imports done) on each node that "
+        "hosts sessions, so a new session's actor starts in one instead of a new process; 0: none",
+    )
     warm_idle_s: float = Field(
         default=120.0, gt=0,
         description="seconds a warmed actor waits for its first message before it is put to rest",
