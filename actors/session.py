@@ -109,8 +109,8 @@ class SessionActor:
         return {"ok": True, "pid": os.getpid()}
 
     async def status(self) -> dict[str, Any]:
-        """Status, assignee, queue length, whether a turn runs, and this process's pid."""
-        return {**await self.conv.status(), "pid": os.getpid()}
+        """Status, assignee, queue length, whether a turn runs, this process's pid and Ray node."""
+        return {**await self.conv.status(), "pid": os.getpid(), "node_id": self.conv.node_id}
 
     async def submit(self, text: str, client_msg_id: str | None = None, external_id: str | None = None,
                      attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -209,7 +209,9 @@ async def admit_session(redis: aioredis.Redis, settings: Settings, tenant_id: An
 def session_actor(tenant_id: Any, session_id: Any, env: dict[str, str] | None = None) -> Any:
     """Get or create the session's actor (named, detached, restarted on failure). ``env``: its
     process's env vars (default: this process's settings, :func:`actors.spare_workers.session_env`);
-    with the default, Ray places a new actor in a spare warmed process when the node has one."""
+    with the default, Ray places a new actor in a spare warmed process when the node has one.
+    With ``session_resource`` set, the actor asks one unit of it and Ray spreads the actors over
+    the nodes that advertise it; otherwise it runs on this process's node."""
     global _REMOTE
     if _REMOTE is None:
         _REMOTE = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,  # type: ignore[call-overload]
@@ -218,4 +220,7 @@ def session_actor(tenant_id: Any, session_id: Any, env: dict[str, str] | None = 
         "name": actor_name(tenant_id, session_id), "namespace": NAMESPACE,
         "lifetime": "detached", "get_if_exists": True, "runtime_env": session_runtime_env(env),
     }
+    resource = get_settings().session_resource
+    if resource:  # only on the nodes that host sessions, spread over them
+        opts.update(resources={resource: 1}, scheduling_strategy="SPREAD")
     return _REMOTE.options(**opts).remote(str(tenant_id), str(session_id))

@@ -273,7 +273,7 @@ class SpareKeeper:
 
         opts = {"runtime_env": session_runtime_env(), "num_cpus": 0}
         if self.session_resource:
-            opts["resources"] = {self.session_resource: 0.001}
+            opts["resources"] = {self.session_resource: 1}
         probe: Any = ray.remote(_EnvProbe).options(**opts).remote()  # type: ignore[attr-defined]
         try:
             self.env_string = str(ray.get(probe.env.remote(), timeout=120))
