@@ -22,10 +22,12 @@ Phases and what the JSON reports:
   widget shows an answer a sentence at a time, after the grounding check): what a new session's
   actor adds (process, imports, state load) on top of a warm turn's overhead.
 - ``conversations[N]`` for N concurrent conversations: each conversation sends a message, reads
-  the answer's stream to ``done``, waits ``think_s``, and again, for ``duration_s``. ``turns_per_s``,
-  ``overhead_ms`` (the same difference as above, over warm turns), ``livez_ms`` while the load runs,
-  ``errors`` (a non-200, an ``error`` event, no ``done``, a timeout), and the memory of the session
-  actor processes (USS, a sample of up to 30).
+  the answer's stream to ``done``, waits ``think_s``, and again. The previous level's conversations
+  go on and the new ones arrive at ``--arrivals-per-s`` (a visitor opening the chat and asking at
+  once: ``arrival_first_token_overhead_ms``); once all are there, ``duration_s`` seconds are
+  measured: ``turns_per_s``, ``overhead_ms`` (the same difference as above, over warm turns),
+  ``livez_ms`` while the load runs, ``errors`` (a non-200, an ``error`` event, no ``done``, a
+  timeout), and the memory of the session actor processes (USS, a sample of up to 30).
 - ``open_streams[N]``: N idle ``GET .../events`` streams (``CHAT_ENGINE_MAX_STREAMS_PER_SESSION``
   per session) held open: seconds to open them, errors, ``livez_ms`` while open, and the memory of
   Serve's proxy and ingress processes per open stream (USS growth / N).
@@ -115,6 +117,7 @@ class Driver:
         self.base = cfg["base"]
         self.model_ms = cfg["model_first_sentence_ms"]
         self.visitors = 0
+        self.pool: list[dict[str, Any]] = []  # conversations that go on from level to level
         self.client = httpx.AsyncClient(
             base_url=self.base, timeout=TURN_TIMEOUT_S,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=2000))
@@ -196,58 +199,75 @@ class Driver:
         return {"cold_activation_ms": summary(overheads), "cold_first_token_ms": summary(totals),
                 "errors": len(errors), "error_samples": errors[:3]}
 
-    async def conversations(self, n: int, duration_s: float, think_s: float) -> dict[str, Any]:
+    async def conversations(self, n: int, duration_s: float, think_s: float,
+                            arrivals_per_s: float) -> dict[str, Any]:
+        """``n`` conversations at once: the previous level's go on, the new ones arrive at
+        ``arrivals_per_s`` (their first turn starts their actor: ``arrival_first_token_overhead_ms``);
+        once all are there, ``duration_s`` seconds are measured."""
+        pool = self.pool
         start_errors: list[str] = []
-        sessions: list[dict[str, Any]] = []
-        sem = asyncio.Semaphore(16)
-
-        async def start_one(i: int) -> None:
-            async with sem:
-                try:
-                    s = await self.session()
-                except Exception as exc:  # noqa: BLE001
-                    start_errors.append(f"session: {type(exc).__name__}")
-                    return
-            res = await self.turn(s, QUESTIONS[i % len(QUESTIONS)])  # activates its actor
-            if res["error"]:
-                start_errors.append(res["error"])
-            else:
-                sessions.append(s)
-
-        t_act = time.perf_counter()
-        await asyncio.gather(*[start_one(i) for i in range(n)])
-        activation_s = time.perf_counter() - t_act
+        arrivals: list[float] = []
         samples: list[float] = []
         decide: list[float] = []
         errors: list[str] = []
         turns = 0
-        stop_at = time.monotonic() + duration_s
+        measure_from = float("inf")
+        stop = asyncio.Event()
 
         async def converse(k: int, s: dict[str, Any]) -> None:
             nonlocal turns
             await asyncio.sleep((k % 20) * think_s / 20)  # not all in step
             i = k
-            while time.monotonic() < stop_at:
+            while not stop.is_set():
                 i += 1
+                started = time.monotonic()
                 res = await self.turn(s, QUESTIONS[i % len(QUESTIONS)])
-                turns += 1
-                if res["error"]:
-                    errors.append(res["error"])
-                elif res["first_ms"] is not None:
-                    samples.append(res["first_ms"] - self.model_ms)
-                    timing = (res["done"] or {}).get("timing", {})
-                    if "decide_ms" in timing:
-                        decide.append(timing["decide_ms"])
-                await asyncio.sleep(think_s)
+                if started >= measure_from:
+                    turns += 1
+                    if res["error"]:
+                        errors.append(res["error"])
+                    elif res["first_ms"] is not None:
+                        samples.append(res["first_ms"] - self.model_ms)
+                        timing = (res["done"] or {}).get("timing", {})
+                        if "decide_ms" in timing:
+                            decide.append(timing["decide_ms"])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), think_s)
 
-        t0 = time.perf_counter()
+        loops = [asyncio.create_task(converse(k, s)) for k, s in enumerate(pool)]
+
+        async def arrive(k: int) -> None:
+            try:
+                s = await self.session()
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                start_errors.append(f"session: {type(exc).__name__}")
+                return
+            res = await self.turn(s, QUESTIONS[k % len(QUESTIONS)])  # starts its actor
+            if res["error"]:
+                start_errors.append(res["error"])
+                return
+            arrivals.append(res["first_ms"] - self.model_ms)
+            pool.append(s)
+            loops.append(asyncio.create_task(converse(k, s)))
+
+        t_ramp = time.perf_counter()
+        new = []
+        for k in range(len(pool), n):
+            new.append(asyncio.create_task(arrive(k)))
+            await asyncio.sleep(1.0 / arrivals_per_s)
+        await asyncio.gather(*new)
+        ramp_s = time.perf_counter() - t_ramp
+        measure_from = time.monotonic()
         probe = asyncio.create_task(self.livez(int(duration_s * 5), every_s=0.2))
-        await asyncio.gather(*[converse(k, s) for k, s in enumerate(sessions)])
-        elapsed = time.perf_counter() - t0
+        await asyncio.sleep(duration_s)
+        elapsed = time.monotonic() - measure_from
+        stop.set()
+        await asyncio.gather(*loops)
         livez = await probe
         mem = actor_memory()
         return {
-            "conversations": len(sessions), "activation_s": round(activation_s, 1),
+            "conversations": len(pool), "arrivals_per_s": arrivals_per_s, "ramp_s": round(ramp_s, 1),
+            "arrival_first_token_overhead_ms": summary(arrivals),
             "start_errors": len(start_errors), "start_error_samples": start_errors[:3],
             "turns": turns, "turns_per_s": round(turns / elapsed, 2), "think_s": think_s,
             "overhead_ms": summary(samples), "decide_ms": summary(decide),
@@ -385,13 +405,13 @@ async def drive(cfg: dict[str, Any]) -> dict[str, Any]:
         out["conversations"] = {}
         per_actor_mb = 120.0
         for n in cfg["levels"]:
-            need = n * per_actor_mb * 2**20 + 2 * GIB
+            need = (n - len(d.pool)) * per_actor_mb * 2**20 + 2 * GIB
             avail = psutil.virtual_memory().available
             if need > avail:
                 out["conversations"][str(n)] = {"skipped": f"{n} session actors at ~{per_actor_mb:.0f} MiB "
                                                 f"need {need / GIB:.1f} GiB; {avail / GIB:.1f} GiB available"}
                 continue
-            res = await d.conversations(n, cfg["duration_s"], cfg["think_s"])
+            res = await d.conversations(n, cfg["duration_s"], cfg["think_s"], cfg["arrivals_per_s"])
             out["conversations"][str(n)] = res
             p50 = res["session_actors"]["uss_mb"]["p50"]
             if p50:
@@ -482,13 +502,17 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=None, help="seconds of load per level")
     parser.add_argument("--think-s", type=float, default=3.0, help="a customer's pause between turns")
     parser.add_argument("--cold", type=int, default=None, help="cold activations measured")
+    parser.add_argument("--arrivals-per-s", type=float, default=0.5,
+                        help="new conversations a second while a level ramps up")
+    parser.add_argument("--ingress-replicas", type=int, default=2, help="ingress replicas")
     parser.add_argument("--ttft-ms", type=float, default=300.0, help="the stand-in's time to first token")
     parser.add_argument("--tokens-per-s", type=float, default=50.0, help="the stand-in's token rate")
     args = parser.parse_args()
     import psutil
 
-    levels = [int(x) for x in (args.levels or ("10" if args.quick else "10,50,200,500")).split(",") if x]
-    streams = [int(x) for x in (args.streams or ("200" if args.quick else "1000,10000")).split(",") if x]
+    default_levels, default_streams = ("10", "200") if args.quick else ("10,50,200,500", "1000,10000")
+    levels = [int(x) for x in (default_levels if args.levels is None else args.levels).split(",") if x]
+    streams = [int(x) for x in (default_streams if args.streams is None else args.streams).split(",") if x]
     streams_per_session = 5
     standin, port = start_standin(args.ttft_ms, args.tokens_per_s)
     from _stack import Stack
@@ -504,7 +528,9 @@ def main() -> None:
         "CHAT_ENGINE_TRUSTED_PROXIES": '["127.0.0.0/8"]',
         "CHAT_ENGINE_RATE_LIMIT_WIDGET_TOKEN_PER_MIN": "1000000",
         "CHAT_ENGINE_MAX_STREAMS_PER_SESSION": str(streams_per_session),
-        "CHAT_ENGINE_INGRESS_MAX_ONGOING_REQUESTS": str(max_streams + 2000),
+        # Each replica holds its share of the open streams and the turns besides.
+        "CHAT_ENGINE_INGRESS_REPLICAS": str(args.ingress_replicas),
+        "CHAT_ENGINE_INGRESS_MAX_ONGOING_REQUESTS": str(-(-max_streams // args.ingress_replicas) + 2000),
     }
     stack = Stack()
     t0 = time.perf_counter()
@@ -517,6 +543,7 @@ def main() -> None:
             "floor_samples": 100 if args.quick else 300, "cold": args.cold or (3 if args.quick else 20),
             "levels": levels, "duration_s": args.duration_s or (8.0 if args.quick else 30.0),
             "think_s": args.think_s, "streams": streams, "streams_per_session": streams_per_session,
+            "arrivals_per_s": args.arrivals_per_s,
         }
         stack_s = time.perf_counter() - t0
         proc = subprocess.run([sys.executable, __file__, "drive", json.dumps(cfg)], capture_output=True,
