@@ -67,8 +67,11 @@ def process_models() -> tuple[ServeModels, IntentClassifier]:
     if _MODELS is None:
         from ray import serve
 
-        _MODELS = ServeModels(serve.get_deployment_handle(EMBEDDER_DEPLOYMENT, app_name=APP_NAME),
-                              serve.get_deployment_handle(GENERATOR_DEPLOYMENT, app_name=APP_NAME))
+        # Not asked of Serve's controller now (a round trip on every new session's start, and
+        # an error where the ingress runs without models): a missing deployment shows in a call.
+        _MODELS = ServeModels(
+            serve.get_deployment_handle(EMBEDDER_DEPLOYMENT, app_name=APP_NAME, _check_exists=False),
+            serve.get_deployment_handle(GENERATOR_DEPLOYMENT, app_name=APP_NAME, _check_exists=False))
     if _INTENTS is None:  # its example embeddings are computed once per process
         _INTENTS = IntentClassifier(_IntentVectors(_MODELS.embed_many))
     return _MODELS, _INTENTS
