@@ -190,8 +190,10 @@ async def acquire_stream_slot(redis: aioredis.Redis, settings: Settings, tenant_
 
 def is_turn_end(ev: SessionEvent) -> bool:
     """``done``, ``error`` or ``aborted`` end a turn's stream; an ``aborted`` that only marks a
-    superseded attempt (a restarted or retried turn answers again) does not."""
-    return ev.kind in TERMINAL_KINDS and not (ev.kind == "aborted" and ev.data.get("superseded"))
+    superseded attempt (a restarted or retried turn answers again) does not, nor one that
+    withdraws the half answer of a failed turn (its ``error`` follows: the customer is told)."""
+    return ev.kind in TERMINAL_KINDS and not (
+        ev.kind == "aborted" and (ev.data.get("superseded") or ev.data.get("failed")))
 
 
 async def turn_events(
