@@ -35,8 +35,8 @@ Phases and what the JSON reports:
 A level whose session actors would not fit in the memory available now (the actor USS measured
 at the smaller levels times N, plus 2 GiB) is skipped and says so: this machine is shared.
 
-``--quick`` (CI): 3 cold activations, 10 conversations for 8 s, 200 open streams; under ~2 minutes
-after the stack is up. Targets (issue 17) are checked in ``targets``.
+``--quick`` (CI): 3 cold activations, 10 conversations (arriving at 1 a second) measured for 8 s,
+200 open streams; about 2 minutes after the stack is up. Targets (issue 17) are checked in ``targets``.
 """
 
 from __future__ import annotations
@@ -502,8 +502,8 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=None, help="seconds of load per level")
     parser.add_argument("--think-s", type=float, default=3.0, help="a customer's pause between turns")
     parser.add_argument("--cold", type=int, default=None, help="cold activations measured")
-    parser.add_argument("--arrivals-per-s", type=float, default=0.5,
-                        help="new conversations a second while a level ramps up")
+    parser.add_argument("--arrivals-per-s", type=float, default=None,
+                        help="new conversations a second while a level ramps up (default 0.5; --quick 1)")
     parser.add_argument("--ingress-replicas", type=int, default=2, help="ingress replicas")
     parser.add_argument("--ttft-ms", type=float, default=300.0, help="the stand-in's time to first token")
     parser.add_argument("--tokens-per-s", type=float, default=50.0, help="the stand-in's token rate")
@@ -543,7 +543,7 @@ def main() -> None:
             "floor_samples": 100 if args.quick else 300, "cold": args.cold or (3 if args.quick else 20),
             "levels": levels, "duration_s": args.duration_s or (8.0 if args.quick else 30.0),
             "think_s": args.think_s, "streams": streams, "streams_per_session": streams_per_session,
-            "arrivals_per_s": args.arrivals_per_s,
+            "arrivals_per_s": args.arrivals_per_s or (1.0 if args.quick else 0.5),
         }
         stack_s = time.perf_counter() - t0
         proc = subprocess.run([sys.executable, __file__, "drive", json.dumps(cfg)], capture_output=True,
@@ -556,6 +556,9 @@ def main() -> None:
             "standin": {"ttft_ms": args.ttft_ms, "tokens_per_s": args.tokens_per_s,
                         "model_first_sentence_ms": model_ms},
             "stack_start_s": round(stack_s, 1),
+            "load": {**{k: cfg[k] for k in ("levels", "duration_s", "think_s", "arrivals_per_s",
+                                          "streams", "streams_per_session")},
+                     "ingress_replicas": args.ingress_replicas},
             **json.loads(proc.stdout.strip().splitlines()[-1]),
         }
         out["targets"] = check_targets(out)
