@@ -24,8 +24,8 @@ Phases and what the JSON reports:
 - ``conversations[N]`` for N concurrent conversations: each conversation sends a message, reads
   the answer's stream to ``done``, waits ``think_s``, and again. The previous level's conversations
   go on and the new ones arrive at ``--arrivals-per-s`` (a visitor opening the chat and asking at
-  once: ``arrival_first_token_overhead_ms``); once all are there, ``duration_s`` seconds are
-  measured: ``turns_per_s``, ``overhead_ms`` (the same difference as above, over warm turns),
+  once: ``arrival_first_token_overhead_ms``); once all are there (and 10 s more), ``duration_s``
+  seconds are measured: ``turns_per_s``, ``overhead_ms`` (the same difference as above, over warm turns),
   ``livez_ms`` while the load runs, ``errors`` (a non-200, an ``error`` event, no ``done``, a
   timeout), and the memory of the session actor processes (USS, a sample of up to 30).
 - ``open_streams[N]``: N idle ``GET .../events`` streams (``CHAT_ENGINE_MAX_STREAMS_PER_SESSION``
@@ -69,6 +69,7 @@ ANSWER = "Standard shipping takes 3 to 5 business days. Express shipping arrives
 QUESTIONS = ["How long does standard shipping take?", "When does express shipping arrive?",
              "How many days does shipping take?"]
 TURN_TIMEOUT_S = 60.0
+SETTLE_S = 10.0
 GIB = 2**30
 
 
@@ -257,6 +258,7 @@ class Driver:
             await asyncio.sleep(1.0 / arrivals_per_s)
         await asyncio.gather(*new)
         ramp_s = time.perf_counter() - t_ramp
+        await asyncio.sleep(SETTLE_S)  # the last arrivals' process starts are done
         measure_from = time.monotonic()
         probe = asyncio.create_task(self.livez(int(duration_s * 5), every_s=0.2))
         await asyncio.sleep(duration_s)
@@ -503,8 +505,10 @@ def main() -> None:
     parser.add_argument("--think-s", type=float, default=3.0, help="a customer's pause between turns")
     parser.add_argument("--cold", type=int, default=None, help="cold activations measured")
     parser.add_argument("--arrivals-per-s", type=float, default=None,
-                        help="new conversations a second while a level ramps up (default 0.5; --quick 1)")
+                        help="new conversations a second while a level ramps up (default 0.3; --quick 1)")
     parser.add_argument("--ingress-replicas", type=int, default=2, help="ingress replicas")
+    parser.add_argument("--idle-minutes", type=float, default=1.0,
+                        help="passivation: an idle conversation's actor exits after this long")
     parser.add_argument("--ttft-ms", type=float, default=300.0, help="the stand-in's time to first token")
     parser.add_argument("--tokens-per-s", type=float, default=50.0, help="the stand-in's token rate")
     args = parser.parse_args()
@@ -528,6 +532,9 @@ def main() -> None:
         "CHAT_ENGINE_TRUSTED_PROXIES": '["127.0.0.0/8"]',
         "CHAT_ENGINE_RATE_LIMIT_WIDGET_TOKEN_PER_MIN": "1000000",
         "CHAT_ENGINE_MAX_STREAMS_PER_SESSION": str(streams_per_session),
+        # Passivation on, in minutes rather than the default 10, so that the idle conversations of
+        # earlier phases have left their processes by the next.
+        "CHAT_ENGINE_IDLE_MINUTES": str(args.idle_minutes),
         # Each replica holds its share of the open streams and the turns besides.
         "CHAT_ENGINE_INGRESS_REPLICAS": str(args.ingress_replicas),
         "CHAT_ENGINE_INGRESS_MAX_ONGOING_REQUESTS": str(-(-max_streams // args.ingress_replicas) + 2000),
@@ -543,7 +550,7 @@ def main() -> None:
             "floor_samples": 100 if args.quick else 300, "cold": args.cold or (3 if args.quick else 20),
             "levels": levels, "duration_s": args.duration_s or (8.0 if args.quick else 30.0),
             "think_s": args.think_s, "streams": streams, "streams_per_session": streams_per_session,
-            "arrivals_per_s": args.arrivals_per_s or (1.0 if args.quick else 0.5),
+            "arrivals_per_s": args.arrivals_per_s or (1.0 if args.quick else 0.3),
         }
         stack_s = time.perf_counter() - t0
         proc = subprocess.run([sys.executable, __file__, "drive", json.dumps(cfg)], capture_output=True,
@@ -558,7 +565,7 @@ def main() -> None:
             "stack_start_s": round(stack_s, 1),
             "load": {**{k: cfg[k] for k in ("levels", "duration_s", "think_s", "arrivals_per_s",
                                           "streams", "streams_per_session")},
-                     "ingress_replicas": args.ingress_replicas},
+                     "ingress_replicas": args.ingress_replicas, "idle_minutes": args.idle_minutes},
             **json.loads(proc.stdout.strip().splitlines()[-1]),
         }
         out["targets"] = check_targets(out)
