@@ -18,6 +18,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from actors.sender import ensure_senders
+from actors.spare_workers import ensure_keeper
 from actors.timekeeper import ensure_timekeeper
 from runtime.api.app import create_app
 from runtime.api.context import get_context
@@ -43,6 +44,10 @@ class Ingress:
         ensure_timekeeper()
         # Pending outbox rows (a restart, a re-drive) are sent with no new traffic too.
         ensure_senders()
+        # Warmed processes waiting for new sessions' actors (actors.spare_workers).
+        settings = get_settings()
+        ensure_keeper(str(settings.redis_url) if settings.redis_url else None,
+                      settings.spare_session_workers, settings.session_resource)
 
     async def check_health(self) -> None:
         """Serve health check: the process can reach Postgres."""
@@ -58,7 +63,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     args = dict(args or {})
     settings = get_settings()
     ingress = Ingress.options(  # type: ignore[attr-defined]
-        max_ongoing_requests=settings.ingress_max_ongoing_requests
+        max_ongoing_requests=settings.ingress_max_ongoing_requests,
+        num_replicas=settings.ingress_replicas,
+        ray_actor_options={"num_cpus": settings.ingress_num_cpus},
     )
     if not args.get("models", True):
         return ingress.bind()

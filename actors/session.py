@@ -28,17 +28,15 @@ from uuid import UUID
 import ray
 import redis.asyncio as aioredis
 
-from runtime.answering.intents import IntentClassifier
+from actors.models import process_models
+from actors.spare_workers import claim_spare, session_runtime_env
 from runtime.config import Settings, get_settings
-from runtime.constants import APP_NAME, EMBEDDER_DEPLOYMENT, GENERATOR_DEPLOYMENT, NAMESPACE
+from runtime.constants import NAMESPACE
 from runtime.conversation.capacity import admit_actor, release_warm
 from runtime.conversation.conversation import Conversation
-from runtime.conversation.ports import ServeModels
 from runtime.errors import CapacityExceeded
 
 log = logging.getLogger(__name__)
-
-_INTENTS: IntentClassifier | None = None
 
 
 def actor_name(tenant_id: Any, session_id: Any) -> str:
@@ -51,16 +49,10 @@ class SessionActor:
     Ray) if the session row is gone."""
 
     def __init__(self, tenant_id: str, session_id: str) -> None:
-        global _INTENTS
-        from ray import serve
-
-        settings = get_settings()
-        models = ServeModels(serve.get_deployment_handle(EMBEDDER_DEPLOYMENT, app_name=APP_NAME),
-                             serve.get_deployment_handle(GENERATOR_DEPLOYMENT, app_name=APP_NAME))
-        if _INTENTS is None:  # its example embeddings are computed once per process
-            _INTENTS = IntentClassifier(models.embed_many)
-        self.conv = Conversation(UUID(tenant_id), UUID(session_id), settings=settings, models=models,
-                                 intents=_INTENTS, node_id=node_id())
+        claim_spare()  # this process was a warmed spare (or was started for this actor)
+        models, intents = process_models()
+        self.conv = Conversation(UUID(tenant_id), UUID(session_id), settings=get_settings(),
+                                 models=models, intents=intents, node_id=node_id())
         # Until a call other than ping/status/passivate, the actor may be one the widget warmed
         # for a visitor who never types: it is put to rest after warm_idle_s, not idle_minutes.
         self._engaged = False
@@ -117,8 +109,8 @@ class SessionActor:
         return {"ok": True, "pid": os.getpid()}
 
     async def status(self) -> dict[str, Any]:
-        """Status, assignee, queue length, whether a turn runs, and this process's pid."""
-        return {**await self.conv.status(), "pid": os.getpid()}
+        """Status, assignee, queue length, whether a turn runs, this process's pid and Ray node."""
+        return {**await self.conv.status(), "pid": os.getpid(), "node_id": self.conv.node_id}
 
     async def submit(self, text: str, client_msg_id: str | None = None, external_id: str | None = None,
                      attachments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -220,15 +212,20 @@ async def admit_session(redis: aioredis.Redis, settings: Settings, tenant_id: An
 
 
 def session_actor(tenant_id: Any, session_id: Any, env: dict[str, str] | None = None) -> Any:
-    """Get or create the session's actor (named, detached, restarted on failure)."""
+    """Get or create the session's actor (named, detached, restarted on failure). ``env``: its
+    process's env vars (default: this process's settings, :func:`actors.spare_workers.session_env`);
+    with the default, Ray places a new actor in a spare warmed process when the node has one.
+    With ``session_resource`` set, the actor asks one unit of it and Ray spreads the actors over
+    the nodes that advertise it; otherwise it runs on this process's node."""
     global _REMOTE
     if _REMOTE is None:
         _REMOTE = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,  # type: ignore[call-overload]
                              max_concurrency=1000)(SessionActor)
     opts: dict[str, Any] = {
         "name": actor_name(tenant_id, session_id), "namespace": NAMESPACE,
-        "lifetime": "detached", "get_if_exists": True,
+        "lifetime": "detached", "get_if_exists": True, "runtime_env": session_runtime_env(env),
     }
-    if env:
-        opts["runtime_env"] = {"env_vars": env}
+    resource = get_settings().session_resource
+    if resource:  # only on the nodes that host sessions, spread over them
+        opts.update(resources={resource: 1}, scheduling_strategy="SPREAD")
     return _REMOTE.options(**opts).remote(str(tenant_id), str(session_id))

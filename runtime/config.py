@@ -60,7 +60,13 @@ class Settings(BaseSettings):
     public_base_url: AnyHttpUrl | None = Field(
         default=None, description="URL customers' browsers use to reach the ingress (widget tag)"
     )
-    ingress_max_ongoing_requests: int = Field(default=1000, ge=1)
+    ingress_max_ongoing_requests: int = Field(
+        default=1000, ge=1,
+        description="open requests one ingress replica holds (an open event stream is one); beyond "
+        "them Serve queues the request",
+    )
+    ingress_replicas: int = Field(default=1, ge=1, description="ingress replicas (Serve deployment)")
+    ingress_num_cpus: float = Field(default=0.5, ge=0, description="logical CPUs per ingress replica")
 
     # --- secrets ---
     admin_token: SecretStr | None = Field(
@@ -321,6 +327,18 @@ class Settings(BaseSettings):
     )
     warm_sessions_per_node: int = Field(
         default=24, ge=0, description="actors started ahead of a first message, per Ray node at once",
+    )
+    session_resource: str | None = Field(
+        default=None,
+        description="a custom Ray resource every session actor asks one unit of, spread over the "
+        "nodes that advertise it (`ray start --resources='{\"session_slots\": 400}'`: at most 400 "
+        "live session actors there); unset: a session actor runs on the node of the process that "
+        "creates it",
+    )
+    spare_session_workers: int = Field(
+        default=4, ge=0,
+        description="Ray worker processes kept started and warmed (imports done) on each node that "
+        "hosts sessions, so a new session's actor starts in one instead of a new process; 0: none",
     )
     warm_idle_s: float = Field(
         default=120.0, gt=0,

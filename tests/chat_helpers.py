@@ -91,9 +91,11 @@ async def ask(client: httpx.AsyncClient, session: WidgetSession, text: str,
             events.append(ev)
             if on_event is not None:
                 await on_event(ev)
-            # An ``aborted`` marked ``superseded`` drops an earlier attempt's half answer; the
-            # turn goes on (runtime.api.streams.is_turn_end).
-            if ev.event in ("done", "error") or (ev.event == "aborted" and not ev.data.get("superseded")):
+            # An ``aborted`` marked ``superseded`` drops an earlier attempt's half answer, one
+            # marked ``failed`` a failed turn's before its ``error``: the turn's stream goes on
+            # (runtime.api.streams.is_turn_end).
+            if ev.event in ("done", "error") or (ev.event == "aborted" and not (
+                    ev.data.get("superseded") or ev.data.get("failed"))):
                 break
     return events
 

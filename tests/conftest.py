@@ -59,6 +59,7 @@ class Services:
     redis_url: str
     env: dict[str, str]
     standins: Any = None
+    redis_server: Any = None  # the EmbeddedRedis (tests/test_faults.py stops and starts it)
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +116,7 @@ def services() -> Iterator[Services]:
         }
         os.environ.update(env)
         get_settings.cache_clear()
-        yield Services(data_dir, db_url, redis_url, env, standins)
+        yield Services(data_dir, db_url, redis_url, env, standins, redis_server=rd)
     finally:
         standins.stop()
         rd.stop()

@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime.errors import ChatEngineError, RateLimited
+from runtime.conversation.faults import is_transient
+from runtime.errors import ChatEngineError, DependencyUnavailable, RateLimited
 from runtime.fields import error_message
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,18 @@ def _field_path(loc: tuple[object, ...] | list[object], body: object = None) -> 
         parts = parts[1:]
     return ".".join(str(p) for p in parts) or "body"
 
+
+def _dependency_errors() -> tuple[type[Exception], ...]:
+    import asyncpg
+    import redis.exceptions
+
+    # Connection errors only: a FileNotFoundError (an OSError too) is no dependency being down.
+    return (ConnectionError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+_DEPENDENCY_ERRORS = _dependency_errors()
 
 _HTTP_CODES = {400: "malformed_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
@@ -49,9 +62,11 @@ def allowed_methods(app: Any, path: str) -> list[str]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map ChatEngineError to ``{"error": {...}}`` with its status, 422s to named fields, and
-    the framework's own HTTP errors (404 route, 405 method, 400 unparsable body) to the same
-    envelope (405 with an ``Allow`` header naming every method of the path)."""
+    """Map ChatEngineError to ``{"error": {...}}`` with its status, 422s to named fields, the
+    framework's own HTTP errors (404 route, 405 method, 400 unparsable body) to the same
+    envelope (405 with an ``Allow`` header naming every method of the path), and Postgres or
+    Redis being unreachable where a route does not handle it to 503 ``dependency_unavailable``
+    with ``Retry-After``."""
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -81,6 +96,21 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             log.error("%s: %s", exc.code, exc.message)
         return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+    async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
+        # Postgres or Redis unreachable in a route that does not handle it: a clear 503 rather
+        # than a bare 500 (anything else of these types is still a 500, in the same envelope).
+        if not is_transient(exc):
+            log.exception("unhandled error", exc_info=exc)
+            body = {"error": {"code": "internal_error", "message": "something went wrong on our side"}}
+            return JSONResponse(body, status_code=500)
+        log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
+        err = DependencyUnavailable(
+            f"Postgres or Redis is unreachable ({type(exc).__name__}); try again shortly")
+        return JSONResponse(err.to_dict(), status_code=503, headers={"Retry-After": "5"})
+
+    for exc_type in _DEPENDENCY_ERRORS:
+        app.add_exception_handler(exc_type, _dependency_down)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,12 +4,13 @@ CSAT answers and SLA breaches.
 
 Session actors (any node) and the ingress write every inbox notification to the tenant's Redis
 stream ``chat:inbox-ev:<tenant_id>`` (:meth:`runtime.events.SessionEvents.notify_inbox`); this
-route tails it with ``XREAD BLOCK``, so any ingress replica serves any agent, and a reconnect
-with ``Last-Event-ID`` (the Redis stream id each event carries) resumes after the last event
-seen (within the stream's cap, :data:`runtime.events.INBOX_STREAM_MAXLEN`). An agent in teams
-gets the events of the conversations they see only; tenant-wide notices (credit alerts, failed
-deliveries) go to owners, admins, viewers and agents outside teams. Open streams hold a slot
-under the same caps as the conversations' streams (per user, per tenant).
+route follows it through the process's :class:`runtime.events.StreamHub`, so any ingress
+replica serves any agent, and a reconnect with ``Last-Event-ID`` (the Redis stream id each event
+carries) resumes after the last event seen (within the stream's cap,
+:data:`runtime.events.INBOX_STREAM_MAXLEN`). An agent in teams gets the events of the
+conversations they see only; tenant-wide notices (credit alerts, failed deliveries) go to owners,
+admins, viewers and agents outside teams. Open streams hold a slot under the same caps as the
+conversations' streams (per user, per tenant).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from runtime.db import sessions as sess_db
 from runtime.db.inbox_teams import Scope, scope_for
 from runtime.db.tenants import Principal
 from runtime.errors import NotFound
-from runtime.events import inbox_stream_key
+from runtime.events import hub_for, inbox_stream_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"], responses=error_responses(*AUTHED))
@@ -80,29 +81,27 @@ async def agent_stream(ctx: AppContext, who: Principal, after: str,
                        keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[dict[str, str]]:
     """SSE dicts of the tenant's inbox events after stream id ``after`` that ``who`` may see,
     forever (until the client goes); the slot is refreshed meanwhile and released at the end."""
-    key = inbox_stream_key(who.tenant_id)
     seen = _Visibility(ctx, who)
-    cursor = after
+    # Through the process's multiplexed reader: an open agent stream is a queue, not a Redis
+    # connection blocked for it. The slot is refreshed with the process's other slots.
+    sub = hub_for(ctx.redis).subscribe(inbox_stream_key(who.tenant_id), after)
     try:
         while True:
-            res = await ctx.redis.xread({key: cursor}, count=200, block=int(keepalive_s * 1000))
+            entry = await sub.next(keepalive_s)
             if await is_disconnected():
                 return
-            if slot is not None:
-                await slot.refresh(keepalive_s / 2)
-            if not res:
+            if entry is None:
                 yield {"comment": "keep-alive"}
                 continue
-            for _key, entries in res:
-                for sid, fields in entries:
-                    cursor = str(sid)
-                    try:
-                        data = json.loads(fields["d"])
-                    except (KeyError, ValueError):
-                        continue
-                    if await seen.allows(data):
-                        yield {"event": fields.get("k", "message"), "id": cursor, "data": json.dumps(data)}
+            sid, fields = entry
+            try:
+                data = json.loads(fields["d"])
+            except (KeyError, ValueError):
+                continue
+            if await seen.allows(data):
+                yield {"event": fields.get("k", "message"), "id": sid, "data": json.dumps(data)}
     finally:
+        sub.close()
         if slot is not None:
             await slot.release()
 

@@ -7,10 +7,16 @@ Caps on open event streams (``GET .../events``), per session (``max_streams_per_
 tenant (``max_streams_per_tenant``): each open stream holds a slot, a member of two Redis sorted
 sets (``chat:streams:s:<session_id>``, ``chat:streams:t:<tenant_id>``) scored by its lease's
 expiry. :func:`acquire_stream_slot` takes one before the response starts (beyond a cap: 429
-TooManyStreams with ``Retry-After``, and no stream); the stream refreshes it every
-:data:`KEEPALIVE_S` and releases it when it ends, the client disconnects or the response is
-cancelled. A replica killed with streams open leaks nothing: expired slots are pruned before
-every count, within :data:`STREAM_LEASE_S`.
+TooManyStreams with ``Retry-After``, and no stream); the process refreshes all its open slots
+together every :data:`SLOT_REFRESH_S` (one pipeline, not a round trip per stream) and a stream
+releases its slot when it ends, the client disconnects or the response is cancelled. A replica
+killed with streams open leaks nothing: expired slots are pruned before every count, within
+:data:`STREAM_LEASE_S`.
+
+Many open streams: events are read through the process's multiplexed reader
+(:class:`runtime.events.StreamHub`), so an idle stream costs a queue, a few asyncio tasks and its
+HTTP connection, and wakes only every :data:`IDLE_WAKE_S` to see whether its client is still
+there (sse-starlette's own ping keeps proxies from closing it).
 """
 
 from __future__ import annotations
@@ -36,7 +42,14 @@ from runtime.leases import FIRST_FULL, SECOND_FULL, take_lease
 log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 10.0
-STREAM_LEASE_S = 3 * KEEPALIVE_S  # a slot not refreshed for this long is free again
+IDLE_WAKE_S = 20.0  # an idle session stream checks its client this often
+SLOT_REFRESH_S = 10.0
+SLOT_REFRESH_BATCH = 250
+STREAM_PING_S = 25
+"""sse-starlette's keep-alive comment on an idle session stream: under the 60 s idle timeout of
+common proxies and load balancers, and 40 % fewer sends than its default of 15 s (each one a
+message through Serve's proxy: 10,000 open streams at 15 s were ~670 a second)."""
+STREAM_LEASE_S = 3 * SLOT_REFRESH_S  # a slot not refreshed for this long is free again
 STREAM_RETRY_AFTER_S = 10
 _SLOT_KEY_TTL_S = 3600
 
@@ -52,8 +65,8 @@ def tenant_streams_key(tenant_id: Any) -> str:
 
 class StreamSlot:
     """One open event stream's place under the caps (``slot_id`` in both sets; ``redis`` None:
-    an unaccounted slot, Redis being unreachable when it was taken). :meth:`release` is
-    idempotent."""
+    an unaccounted slot, Redis being unreachable when it was taken). While open it is refreshed
+    with the process's other slots (:class:`_SlotRefresher`); :meth:`release` is idempotent."""
 
     def __init__(self, redis: aioredis.Redis | None, tenant_id: Any, session_id: Any) -> None:
         self.redis = redis
@@ -64,7 +77,8 @@ class StreamSlot:
 
     async def refresh(self, every_s: float = KEEPALIVE_S) -> None:
         """Extend the lease to :data:`STREAM_LEASE_S` from now, at most once per ``every_s``
-        seconds. A Redis error is logged (the next refresh tries again)."""
+        seconds. A Redis error is logged (the next refresh tries again). Open slots are refreshed
+        by their process anyway; this is for a caller that wants it now."""
         if self.redis is None or self.released or time.monotonic() - self.refreshed_at < every_s:
             return
         self.refreshed_at = time.monotonic()
@@ -82,6 +96,7 @@ class StreamSlot:
         if self.redis is None or self.released:
             return
         self.released = True
+        _refresher(self.redis).slots.discard(self)
         with anyio.CancelScope(shield=True):
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
@@ -91,6 +106,50 @@ class StreamSlot:
             except (RedisError, OSError) as exc:
                 log.warning("event stream slot not released (%s); it expires in %.0f s",
                             type(exc).__name__, STREAM_LEASE_S)
+
+
+class _SlotRefresher:
+    """Refreshes every open slot of this process (on one Redis client) every
+    :data:`SLOT_REFRESH_S`, in one pipeline."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.slots: set[StreamSlot] = set()
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(SLOT_REFRESH_S)
+            slots = [s for s in self.slots if not s.released]
+            expiry = time.time() + STREAM_LEASE_S
+            # In batches, yielding between them: 10,000 slots in one pipeline would hold the
+            # event loop (and every request of this replica) while their replies are parsed.
+            for i in range(0, len(slots), SLOT_REFRESH_BATCH):
+                batch = slots[i:i + SLOT_REFRESH_BATCH]
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for slot in batch:
+                            for key in slot.keys:
+                                pipe.zadd(key, {slot.slot_id: expiry}, xx=True)
+                        await pipe.execute()
+                    now = time.monotonic()
+                    for slot in batch:
+                        slot.refreshed_at = now
+                except (RedisError, OSError) as exc:
+                    log.warning("%d event stream slots not refreshed (%s)", len(batch),
+                                type(exc).__name__)
+                await asyncio.sleep(0)
+
+
+_REFRESHERS: dict[int, _SlotRefresher] = {}
+
+
+def _refresher(redis: aioredis.Redis) -> _SlotRefresher:
+    ref = _REFRESHERS.get(id(redis))
+    if ref is None or ref.redis is not redis or ref.loop is not asyncio.get_running_loop():
+        ref = _REFRESHERS[id(redis)] = _SlotRefresher(redis)
+    return ref
 
 
 async def acquire_stream_slot(redis: aioredis.Redis, settings: Settings, tenant_id: Any,
@@ -125,13 +184,16 @@ async def acquire_stream_slot(redis: aioredis.Redis, settings: Settings, tenant_
             f"too many open event streams for this workspace (at most "
             f"{settings.max_streams_per_tenant}, CHAT_ENGINE_MAX_STREAMS_PER_TENANT): try again "
             f"in {STREAM_RETRY_AFTER_S} s", retry_after_s=STREAM_RETRY_AFTER_S)
+    _refresher(redis).slots.add(slot)
     return slot
 
 
 def is_turn_end(ev: SessionEvent) -> bool:
     """``done``, ``error`` or ``aborted`` end a turn's stream; an ``aborted`` that only marks a
-    superseded attempt (a restarted or retried turn answers again) does not."""
-    return ev.kind in TERMINAL_KINDS and not (ev.kind == "aborted" and ev.data.get("superseded"))
+    superseded attempt (a restarted or retried turn answers again) does not, nor one that
+    withdraws the half answer of a failed turn (its ``error`` follows: the customer is told)."""
+    return ev.kind in TERMINAL_KINDS and not (
+        ev.kind == "aborted" and (ev.data.get("superseded") or ev.data.get("failed")))
 
 
 async def turn_events(
@@ -163,12 +225,14 @@ async def turn_events(
 
 async def session_event_stream(
     events: SessionEvents, session_id: UUID, last_event_id: str | None,
-    is_disconnected: Callable[[], Awaitable[bool]], keepalive_s: float = KEEPALIVE_S,
+    is_disconnected: Callable[[], Awaitable[bool]], keepalive_s: float = IDLE_WAKE_S,
     slot: StreamSlot | None = None,
 ) -> AsyncIterator[dict[str, str]]:
     """All of the session's events after ``Last-Event-ID`` (or only new ones), forever (until
-    the client goes). ``slot`` (:func:`acquire_stream_slot`): refreshed while the stream is open,
-    released when it ends for any reason."""
+    the client goes). Every ``keepalive_s`` without events it checks the client and yields
+    nothing (the response's ping keeps the connection alive). ``slot``
+    (:func:`acquire_stream_slot`): held while the stream is open, released when it ends for any
+    reason."""
     try:
         if last_event_id:
             after = await events.stream_id_after_event(session_id, last_event_id)
@@ -177,10 +241,7 @@ async def session_event_stream(
         async for ev in events.read(session_id, after=after, block_ms=int(keepalive_s * 1000)):
             if await is_disconnected():
                 return
-            if slot is not None:
-                await slot.refresh(keepalive_s / 2)
             if ev is None:
-                yield {"comment": "keep-alive"}
                 continue
             yield ev.sse()
     finally:

@@ -271,14 +271,14 @@ async def session_events(
     Beyond the open-stream caps (per session, per tenant): 429 with ``Retry-After``, no stream."""
     from starlette.background import BackgroundTask  # local: this route's own imports
 
-    from runtime.api.streams import acquire_stream_slot
+    from runtime.api.streams import STREAM_PING_S, acquire_stream_slot
 
     events = SessionEvents(ctx.redis)
     slot = await acquire_stream_slot(ctx.redis, ctx.settings, claims.tenant_id, session_id)
     return EventSourceResponse(
         session_event_stream(events, session_id, last_event_id or last_event_id_q,
                              request.is_disconnected, slot=slot),
-        ping=15, background=BackgroundTask(slot.release),  # also a HEAD, which never streams
+        ping=STREAM_PING_S, background=BackgroundTask(slot.release),  # also a HEAD, which never streams
     )
 
 

@@ -17,7 +17,8 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from runtime.answering.extractive import extract_answer
 from runtime.answering.grounding import GroundingChecker
@@ -73,6 +74,23 @@ class CouldNotAnswer(Exception):
         super().__init__(reason)
         self.reason = reason
         self.signal = signal
+
+
+class _CheckerWhenBuilt:
+    """A :class:`GroundingChecker` still being built (its sources embedded) in a task of its
+    own: the first sentence to check waits for it; :meth:`cancel` drops it if unused."""
+
+    def __init__(self, build: Awaitable[GroundingChecker]) -> None:
+        self._task = asyncio.ensure_future(build)
+
+    async def check_sentence(self, sentence: str) -> Any:
+        return await (await self._task).check_sentence(sentence)
+
+    def cancel(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        elif not self._task.cancelled():
+            self._task.exception()  # retrieved: a failed build is not logged as unhandled
 
 
 class AnswerWriter:
@@ -141,18 +159,18 @@ class AnswerWriter:
             history_tokens=s.prompt_history_tokens,
         )
         used = [decision.chunks[i] for i in prompt.used_chunks]
-        checker = await GroundingChecker.build(used, self.models.embed_many)
-        ctl.checkpoint()
-        ctl.answer_id, _ = await self._reserve(msg.id)
-        ctl.checkpoint()
-        request = GenerationRequest(messages=prompt.messages, max_tokens=s.llm_max_tokens,
-                                    prefix_messages=1, repetition_penalty=REPETITION_PENALTY,
-                                    stop=list(ANSWER_STOPS))
-        guard = OutputGuard(self.live.canary, system_text=prompt.messages[0].content)
-        stream = AnswerStream(self.models, self.live.delivery, ctl, guard, checker,
-                              turn=msg.id, answer_id=ctl.answer_id)
-        t = time.perf_counter()
+        # The sources are embedded while the model works on its first sentence, not before.
+        checker = _CheckerWhenBuilt(GroundingChecker.build(used, self.models.embed_many))
         try:
+            ctl.answer_id, _ = await self._reserve(msg.id)
+            ctl.checkpoint()
+            request = GenerationRequest(messages=prompt.messages, max_tokens=s.llm_max_tokens,
+                                        prefix_messages=1, repetition_penalty=REPETITION_PENALTY,
+                                        stop=list(ANSWER_STOPS))
+            guard = OutputGuard(self.live.canary, system_text=prompt.messages[0].content)
+            stream = AnswerStream(self.models, self.live.delivery, ctl, guard,
+                                  cast(GroundingChecker, checker), turn=msg.id, answer_id=ctl.answer_id)
+            t = time.perf_counter()
             result = await stream.run(request)
         except ChatEngineError as exc:
             if ctl.tokens_sent:
@@ -161,6 +179,8 @@ class AnswerWriter:
             log.warning("generation failed before the first token (%s): answering extractively", exc)
             await self._extractive(msg, decision, ctl, t0, timing)
             return
+        finally:
+            checker.cancel()
         timing["generate_ms"] = round((time.perf_counter() - t) * 1000, 2)
         if result.guard_hit == "canary":
             raise CouldNotAnswer("The answer was stopped by the output guard.", "canary")

@@ -272,8 +272,9 @@ class TurnRunner:
         live = self.live
         code = exc.code if isinstance(exc, ChatEngineError) else "turn_failed"
         if ctl.tokens_sent and ctl.answer_id is not None:
-            await live.delivery.emit("aborted", f"{ctl.answer_id}:a", {"message_id": ctl.answer_id},
-                                     message_id)
+            # ``failed``: the turn's stream goes on to the ``error`` that follows.
+            await live.delivery.emit("aborted", f"{ctl.answer_id}:a",
+                                     {"message_id": ctl.answer_id, "failed": True}, message_id)
         await live.delivery.emit("error", f"{message_id}:e",
                                  {"code": code, "message": FAILED_TEXT}, message_id)
         if live.record.status == "ai_handled":
