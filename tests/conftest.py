@@ -337,3 +337,24 @@ def fixtures_dir() -> Path:
     """``../shared/fixtures``."""
     assert FIXTURES.is_dir(), f"fixtures not found at {FIXTURES}"
     return FIXTURES
+
+
+# ---------------------------------------------------------------- a real browser
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """Debian's chromium through pip's Playwright (never `playwright install`), one per test
+    session; each test opens its own contexts or pages."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is missing: apt-get install -y chromium")
+    from playwright.async_api import async_playwright
+
+    pw = await async_playwright().start()
+    b = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    yield b
+    await b.close()
+    await pw.stop()

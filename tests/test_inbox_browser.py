@@ -20,7 +20,7 @@ import pytest
 from tests.chat_helpers import widget_channel
 from tests.conftest import TenantInfo, make_tenant
 from tests.test_inbox import PASSWORD, add_user, escalate, unique_email
-from tests.test_widget_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, HostSite
+from tests.test_widget_browser import ARTIFACTS, HostSite
 from tests.test_widget_browser import Page as WidgetPage
 from tests.test_widget_browser import ask as widget_ask
 
@@ -50,20 +50,6 @@ QA = [
 ]
 SERVICE_Q = "What is included in a full bike service?"
 REFUND_TEXT = "I'm sorry about the trouble. I've issued your refund; it reaches your card in 3-5 days."
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    """Debian's chromium through pip's Playwright (never `playwright install`)."""
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is missing: apt-get install -y chromium")
-    from playwright.async_api import async_playwright
-
-    pw = await async_playwright().start()
-    b = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-    yield b
-    await b.close()
-    await pw.stop()
 
 
 class Pages:

@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from runtime.cli import app
-from tests.test_analytics import BITCOIN, START, at, expected, plan_week, seed
+from tests.test_analytics import BITCOIN, START, at, expected, plan_week, seed, shift_plan
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -40,15 +40,7 @@ async def test_report_prints_the_figures_and_writes_a_png(client: httpx.AsyncCli
             if START <= s.created_at.date() <= START + timedelta(days=6)]
     end = datetime.now(UTC).date() - timedelta(days=1)
     shift = end - timedelta(days=6) - START
-    for s in plan:
-        s.created_at += shift
-        s.customer = [t + shift for t in s.customer]
-        s.ai_replies = {i: [t + shift for t in r] for i, r in s.ai_replies.items()}
-        s.agent = [t + shift for t in s.agent]
-        s.escalated_at = s.escalated_at and s.escalated_at + shift
-        s.assigned_at = s.assigned_at and s.assigned_at + shift
-        s.first_human_reply_at = s.first_human_reply_at and s.first_human_reply_at + shift
-        s.leads = [t + shift for t in s.leads]
+    shift_plan(plan, shift)
     await seed(db, tid, plan)
     async with db.acquire() as conn:
         sid = await conn.fetchval("SELECT id FROM sessions WHERE tenant_id = $1 LIMIT 1", tid)
