@@ -33,7 +33,6 @@ from runtime.config import Settings
 from runtime.db import actions as action_db
 from runtime.db import bookings as book_db
 from runtime.errors import ActionSourceUnavailable
-from runtime.security import decrypt_secrets
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +138,10 @@ class ActionEngine:
 
     def _open(self, row: Any) -> PostgresOrderSource | HttpsOrderSource | None:
         try:
+            # runtime.security (Fernet, PyJWT) loads only in the processes of tenants with an
+            # order source, not in every session actor's.
+            from runtime.security import decrypt_secrets
+
             return load_setup(dict(row["config"]), decrypt_secrets(self.settings, row["secrets"]))
         except Exception as exc:  # noqa: BLE001 - a broken setup disables the action, loudly
             log.error("tenant %s: the order-status setup cannot be read (%s): the action is off",

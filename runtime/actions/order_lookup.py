@@ -28,9 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 import asyncpg
-import httpx
 
-from ingestion.egress import EgressRefused, EgressTransport, policy_from_settings
 from runtime.actions.order_config import Dsn, HttpsOrderSource, OrderFields, PostgresOrderSource
 from runtime.config import Settings
 from runtime.errors import ActionSourceUnavailable
@@ -88,12 +86,14 @@ async def lookup(settings: Settings, setup: PostgresOrderSource | HttpsOrderSour
     except TimeoutError:
         log.warning("order source (%s) timed out after %.1f s", setup.source, setup.timeout_s)
         raise ActionSourceUnavailable(f"the order source did not answer within {setup.timeout_s} s") from None
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, httpx.HTTPError, ValueError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
         log.warning("order source (%s) failed: %s: %s", setup.source, type(exc).__name__, exc)
         raise ActionSourceUnavailable(f"the order source failed ({type(exc).__name__})") from None
 
 
 async def _checked_address(settings: Settings, host: str, port: int) -> str:
+    from ingestion.egress import EgressRefused, policy_from_settings
+
     policy = policy_from_settings(settings)
     try:
         return (await policy.resolve(host, port))[0]
@@ -135,6 +135,12 @@ async def _from_postgres(settings: Settings, setup: PostgresOrderSource, order_i
 
 
 async def _from_https(settings: Settings, setup: HttpsOrderSource, order_id: str) -> Order | None:
+    # Imported here, not at the top: httpx and the egress transport are ~10 MB in each session
+    # actor's process, and only a tenant with an HTTPS order source needs them.
+    import httpx
+
+    from ingestion.egress import EgressRefused, EgressTransport, policy_from_settings
+
     url = setup.url.replace("{order_id}", quote(order_id, safe=""))
     if url.startswith("http://") and settings.environment == "production":
         raise ActionSourceUnavailable("plain http is refused in production: give the order source an "
@@ -160,6 +166,9 @@ async def _from_https(settings: Settings, setup: HttpsOrderSource, order_id: str
         except EgressRefused as exc:
             log.warning("order source refused by the egress policy: %s", exc)
             raise ActionSourceUnavailable(f"the order source's address is refused: {exc}") from None
+        except httpx.HTTPError as exc:
+            log.warning("order source (https) failed: %s: %s", type(exc).__name__, exc)
+            raise ActionSourceUnavailable(f"the order source failed ({type(exc).__name__})") from None
     try:
         data = json.loads(bytes(body))
     except ValueError:

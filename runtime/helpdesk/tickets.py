@@ -31,8 +31,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import phonenumbers
-
 from runtime.bot_config import BotConfig
 from runtime.config import Settings
 from runtime.db import Conn
@@ -157,6 +155,8 @@ def phone_in(text: str) -> str | None:
     """The first phone number written in international form (``+`` and country code) in
     ``text``, as E.164, or None (without a country a number cannot be told apart from an order
     number)."""
+    import phonenumbers  # ~7 MB of metadata: loaded at a process's first escalation, not at start
+
     for match in phonenumbers.PhoneNumberMatcher(text[:5000], None):
         return phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
     return None
