@@ -104,8 +104,11 @@ class GroundingChecker:
 
     @classmethod
     async def build(cls, sources: Sequence[Any], embed_many: EmbedMany, *,
-                    threshold: float = SUPPORT_THRESHOLD) -> GroundingChecker:
-        """Split and embed the sources (chunks with ``.text``) once: units and two-unit windows."""
+                    threshold: float = SUPPORT_THRESHOLD,
+                    embed_sources: EmbedMany | None = None) -> GroundingChecker:
+        """Split and embed the sources (chunks with ``.text``) once: units and two-unit windows.
+        embed_many embeds the answer's sentences later; embed_sources (default: embed_many) the
+        sources' units now (a cache of knowledge-base vectors, where the caller has one)."""
         texts: list[str] = []
         owners: list[Any] = []
         windows: list[bool] = []
@@ -119,7 +122,7 @@ class GroundingChecker:
                     texts.append(f"{u} {us[i + 1]}")
                     owners.append(chunk)
                     windows.append(True)
-        vecs = (np.asarray(await embed_many(texts), dtype=np.float32) if texts
+        vecs = (np.asarray(await (embed_sources or embed_many)(texts), dtype=np.float32) if texts
                 else np.zeros((0, 1), dtype=np.float32))
         source_text = "\n".join(c.text + "\n" + (c.title or "") for c in sources)
         return cls(texts, owners, vecs, windows, source_text, embed_many, threshold)

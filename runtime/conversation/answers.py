@@ -30,6 +30,7 @@ from runtime.conversation.delivery import publish_message, store_message
 from runtime.conversation.live import LiveSession
 from runtime.conversation.payloads import source_payload
 from runtime.conversation.ports import ModelPorts
+from runtime.conversation.source_vectors import SourceVectors
 from runtime.conversation.state import SessionState
 from runtime.conversation.usage import cost_micros, model_name, notify_credit_alert
 from runtime.db import Conn, bot_configs
@@ -101,6 +102,11 @@ class AnswerWriter:
         self.models = models
         self._state = live.state
 
+    def _source_vectors(self) -> SourceVectors:
+        """Embeddings of the sources' sentences, through the Redis cache every session shares."""
+        return SourceVectors(self.live.events.redis, self.live.settings.embedding_model,
+                             self.models.embed_many)
+
     async def answer(self, msg: InboundMessage, decision: Answer, cfg: BotConfig, ctl: TurnControl,
                      t0: float, timing: dict[str, float], state: SessionState) -> None:
         """Answer ``msg`` from ``decision.chunks``; ``state`` commits with the answer. Raises
@@ -118,7 +124,7 @@ class AnswerWriter:
                           removed: int = 0) -> None:
         t = time.perf_counter()
         ext = await extract_answer(decision.question, decision.question_vec, decision.chunks,
-                                   self.models.embed_many)
+                                   self._source_vectors())
         ctl.checkpoint()
         timing["extract_ms"] = round((time.perf_counter() - t) * 1000, 2)
         if ext is None:
@@ -160,7 +166,8 @@ class AnswerWriter:
         )
         used = [decision.chunks[i] for i in prompt.used_chunks]
         # The sources are embedded while the model works on its first sentence, not before.
-        checker = _CheckerWhenBuilt(GroundingChecker.build(used, self.models.embed_many))
+        checker = _CheckerWhenBuilt(GroundingChecker.build(used, self.models.embed_many,
+                                                           embed_sources=self._source_vectors()))
         try:
             ctl.answer_id, _ = await self._reserve(msg.id)
             ctl.checkpoint()
