@@ -71,18 +71,20 @@ class SourceVectors:
                 rows.append(None if raw is None else np.frombuffer(base64.b64decode(raw), dtype=np.float32))
             except ValueError:
                 rows.append(None)  # not ours, or cut short: computed again
-        dims = {r.shape[0] for r in rows if r is not None}
-        if len(dims) > 1:  # vectors of two shapes under one model name: trust none of them
-            rows = [None] * len(rows)
+        if len({r.shape[0] for r in rows if r is not None}) > 1:
+            rows = [None] * len(rows)  # vectors of two shapes under one model name: trust none
         missing = [i for i, r in enumerate(rows) if r is None]
         self.hits += len(texts) - len(missing)
         self.misses += len(missing)
         if missing:
             fresh = np.asarray(await self.embed_many([texts[i] for i in missing]), dtype=np.float32)
-            if dims and fresh.shape[1] not in dims:
-                rows = [None] * len(rows)  # the model behind the name changed: compute them all
-                missing = list(range(len(texts)))
-                fresh = np.asarray(await self.embed_many(texts), dtype=np.float32)
+            stale = [i for i, r in enumerate(rows) if r is not None and r.shape[0] != fresh.shape[1]]
+            if stale:  # the model behind the name changed: the cached rows are no good either
+                fresh = np.concatenate([fresh, np.asarray(
+                    await self.embed_many([texts[i] for i in stale]), dtype=np.float32)])
+                missing += stale
+                self.hits -= len(stale)
+                self.misses += len(stale)
             for i, vec in zip(missing, fresh, strict=True):
                 rows[i] = vec
             await self._store([keys[i] for i in missing], fresh)
