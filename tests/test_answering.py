@@ -156,6 +156,34 @@ async def test_faq_heading_question_leads_to_its_answer(embedder: Embedder) -> N
     assert "Why did my payment fail?" not in ans.text
 
 
+EBIKES = Chunk(
+    "Frequently asked questions > Do you repair e-bikes?\nYes. We service Bosch, Shimano Steps and "
+    "Brose motor systems and can update their firmware. We do\nnot open motors or battery packs: those "
+    "go to the manufacturer under warranty.",
+    "faq.md", "faq", section="Frequently asked questions > Do you repair e-bikes?", similarity=0.62)
+CARGO = Chunk(
+    "Frequently asked questions > Do you repair cargo bikes and recumbents?\nYes, cargo bikes, "
+    "tandems, recumbents and kids' bikes are all welcome. Very long bikes should be\nbooked so that "
+    "we can keep a stand free.",
+    "faq.md", "faq", section="Frequently asked questions > Do you repair cargo bikes and recumbents?",
+    similarity=0.60)
+
+
+async def test_faq_answer_that_opens_with_a_bare_yes_is_still_its_questions_answer(
+    embedder: Embedder,
+) -> None:
+    """The demo's FAQ: "Yes." alone says nothing to score, so the answer is the sentence after it,
+    not a neighbouring FAQ whose answer sentence happens to start "Yes, ..." (seen on /demo)."""
+    ans = await _extract(embedder, "Do you repair e-bikes from Bosch?", [EBIKES, CARGO])
+    assert ans is not None
+    assert "We service Bosch, Shimano Steps and Brose motor systems" in ans.text
+    assert "cargo" not in ans.text
+    # A plain yes/no FAQ question of the other chunk still gets its own answer.
+    ans2 = await _extract(embedder, "Do you repair cargo bikes?", [EBIKES, CARGO])
+    assert ans2 is not None and "cargo bikes, tandems, recumbents" in ans2.text
+    assert "Bosch" not in ans2.text
+
+
 async def test_headings_are_not_quoted_as_answers(embedder: Embedder) -> None:
     ans = await _extract(embedder, "How big is the discount for nonprofits?", [NONPROFIT])
     assert ans is not None

@@ -51,6 +51,7 @@ SECOND_SOURCE_MARGIN = 0.10
 NEAR_DUPLICATE = 0.85
 MAX_QUOTE_CHARS = 480
 MIN_WORDS = 4
+BARE_REPLY_WORDS = 2  # "Yes." or "No, sorry." before an FAQ answer's first real sentence
 HEADING_MAX_WORDS = 9
 _TERMINAL = (".", "!", ")", '"', "”", "'")
 
@@ -175,6 +176,18 @@ def _answers_something(s: Sentence) -> bool:
     return not (text[:1].islower() or _NAVIGATION.match(text))
 
 
+def _faq_answer_index(sentences: list[Sentence], qi: int, scored: set[int]) -> int | None:
+    """Index of the sentence that answers the FAQ question at ``qi`` (-1: the chunk's heading):
+    the next one, or the one after a bare reply ("Yes.", "No, sorry.") that says nothing to score
+    on its own; None when neither is a scored sentence."""
+    if qi + 1 in scored:
+        return qi + 1
+    bare = sentences[qi + 1].text if 0 <= qi + 1 < len(sentences) else ""
+    if bare and qi + 2 in scored and len(bare.split()) <= BARE_REPLY_WORDS and not bare.endswith("?"):
+        return qi + 2
+    return None
+
+
 def _is_faq_question(s: Sentence) -> bool:
     return s.kind in ("sentence", "heading") and s.text.endswith("?") and len(s.text.split()) >= 3
 
@@ -256,15 +269,19 @@ async def extract_answer(
              for ci, si in candidates}
     # The sentence after a matching FAQ question answers it: it ranks as the question matches.
     answers_faq: dict[tuple[int, int], tuple[int, int]] = {}
+    scored_in: dict[int, set[int]] = {}
+    for c, j in score:
+        scored_in.setdefault(c, set()).add(j)
     for ci, qi in faq:
-        if cos[(ci, qi)] < FAQ_MIN_SIMILARITY or (ci, qi + 1) not in score:
+        ai = _faq_answer_index(per_chunk[ci], qi, scored_in.get(ci, set()))
+        if cos[(ci, qi)] < FAQ_MIN_SIMILARITY or ai is None:
             continue
         as_faq = (cos[(ci, qi)] + CHUNK_WEIGHT * float(chunks[ci].similarity)
                   + LEXICAL_WEIGHT * lexical_overlap(words, faq_text[(ci, qi)]))
-        if as_faq > score[(ci, qi + 1)]:
-            score[(ci, qi + 1)] = as_faq
-            cos[(ci, qi + 1)] = max(cos[(ci, qi + 1)], cos[(ci, qi)])
-            answers_faq[(ci, qi + 1)] = (ci, qi)
+        if as_faq > score[(ci, ai)]:
+            score[(ci, ai)] = as_faq
+            cos[(ci, ai)] = max(cos[(ci, ai)], cos[(ci, qi)])
+            answers_faq[(ci, ai)] = (ci, qi)
     best = max(score, key=lambda k: score[k])
     if cos[best] < MIN_SENTENCE_SIMILARITY:
         return None
