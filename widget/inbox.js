@@ -114,9 +114,23 @@
     return Math.floor(s / 3600) + "h " + Math.floor((s % 3600) / 60) + "m";
   }
 
+  // Loads overlap when events come in bursts: only the newest one renders, so a slow older answer
+  // never paints over a newer queue. A failed load retries (1 s, 2 s, ... up to 15 s) instead of
+  // leaving the queue stale until the next poll.
+  var queueSeq = 0, queueRetry = 0;
   function loadQueue() {
+    var seq = ++queueSeq;
     var q = FILTERS[$("filter").value] || "";
-    return api("GET", "/v1/inbox/sessions" + (q ? "?" + q : "")).then(json).then(renderQueue, function () {});
+    return api("GET", "/v1/inbox/sessions" + (q ? "?" + q : "")).then(json).then(function (list) {
+      if (seq !== queueSeq) return;
+      queueRetry = 0;
+      renderQueue(list);
+    }, function () {
+      if (seq !== queueSeq || !me) return;
+      queueRetry = Math.min(queueRetry + 1, 4);
+      clearTimeout(queueTimer);
+      queueTimer = setTimeout(loadQueue, Math.min(1000 * Math.pow(2, queueRetry - 1), 15000));
+    });
   }
 
   function scheduleQueue() {
@@ -204,6 +218,7 @@
     if (convStream) { convStream.close(); convStream = null; }
     clearInterval(tickTimer);
     clearInterval(pollTimer);
+    clearTimeout(queueTimer);
   }
 
   function notifyEscalation(d) {
