@@ -130,12 +130,19 @@ class Timekeeper:
 
     def _on_inbound(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         tenant_id, _, session_id = str(payload).partition(":")
-        key = (tenant_id, session_id)
+        self._start_dispatch((tenant_id, session_id), again=True)
+
+    def _start_dispatch(self, key: tuple[str, str], *, again: bool, stale: bool = False) -> None:
+        """Hand the session's unanswered messages over in a task of its own, one per session: a
+        slow or restarting actor delays only its own conversation, never the poll loop or the
+        other sessions. ``again``: if a hand-over is already running, run one more after it
+        (a message may have been stored after it read the table)."""
         if key in self._dispatching:
-            self._again.add(key)  # one more pass after the running call
+            if again:
+                self._again.add(key)
             return
         self._dispatching.add(key)
-        task = asyncio.get_running_loop().create_task(self._dispatch(key))
+        task = asyncio.get_running_loop().create_task(self._dispatch(key, stale=stale))
         self._dispatch_tasks.add(task)
         task.add_done_callback(self._dispatch_tasks.discard)
 
@@ -159,28 +166,34 @@ class Timekeeper:
         self.deferred += 1
         log.info("session %s: %s deferred, at capacity (%s)", key[1], what, exc.message)
 
-    async def _dispatch(self, key: tuple[str, str]) -> None:
+    async def _dispatch(self, key: tuple[str, str], *, stale: bool = False) -> None:
+        what = "stale-message hand-over" if stale else "inbound hand-over"
         try:
             while True:
                 self._again.discard(key)
-                await self._recover_once(key)
-                self.dispatched += 1
+                requeued = await self._recover_once(key, fresh=stale)
+                if stale:
+                    self.recovered += requeued
+                else:
+                    self.dispatched += 1
                 if key not in self._again:
                     return
-        except CapacityExceeded as exc:  # the message stays stored; the sweep hands it over
-            self._deferred(key, "inbound hand-over", exc)
-        except Exception:  # noqa: BLE001 - the stale-message sweep tries again later
+        except CapacityExceeded as exc:  # the message stays stored; the next sweep hands it over
+            self._deferred(key, what, exc)
+        except Exception:  # noqa: BLE001 - the next stale-message sweep tries again
             self.errors += 1
-            log.exception("handing inbound messages to session %s failed", key[1])
+            log.exception("%s to session %s failed", what, key[1])
         finally:
             self._dispatching.discard(key)
 
-    async def _recover_once(self, key: tuple[str, str]) -> None:
+    async def _recover_once(self, key: tuple[str, str], fresh: bool = False) -> int:
+        """Call the session's ``recover``; returns the messages it re-queued. ``fresh``: look
+        the actor up again even on the first try (the sweep: the cached one may be gone)."""
         for attempt in range(DISPATCH_RETRIES):
-            handle = await self._session(key, fresh=attempt > 0)
+            handle = await self._session(key, fresh=fresh or attempt > 0)
             try:
-                await asyncio.wait_for(handle.recover.remote(), timeout=CALL_TIMEOUT_S)
-                return
+                res = await asyncio.wait_for(handle.recover.remote(), timeout=CALL_TIMEOUT_S)
+                return int(res.get("requeued", 0))
             except ray.exceptions.RayActorError:
                 pass  # passivated meanwhile: the next handle is a new actor
             except ray.exceptions.RayTaskError as exc:
@@ -207,17 +220,8 @@ class Timekeeper:
     async def _recover_stale(self) -> None:
         async with self._pool.acquire() as conn:
             stale = await msg_db.sessions_with_stale_messages(conn, self.settings.stale_message_s)
-        for s in stale:
-            key = (str(s["tenant_id"]), str(s["session_id"]))
-            try:
-                ref = (await self._session(key, fresh=True)).recover.remote()
-                res = await asyncio.wait_for(ref, timeout=CALL_TIMEOUT_S)
-                self.recovered += int(res.get("requeued", 0))
-            except CapacityExceeded as exc:  # the messages stay stored; retried at the next poll
-                self._deferred(key, "stale-message hand-over", exc)
-            except Exception:  # noqa: BLE001 - retried at the next poll
-                self.errors += 1
-                log.exception("re-queueing stale messages failed")
+        for s in stale:  # a session whose hand-over is still running is left to it
+            self._start_dispatch((str(s["tenant_id"]), str(s["session_id"])), again=False, stale=True)
 
     async def _sweep_jobs(self) -> None:
         async with self._pool.acquire() as conn:

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from runtime.constants import RAY_ENV_DEFAULTS
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = (REPO.parent / "shared" / "fixtures").resolve()
 ADMIN_TOKEN = "test-admin-token-" + os.urandom(8).hex()
@@ -38,6 +40,8 @@ os.environ.update(
         "RAY_DEDUP_LOGS": "0",
     }
 )
+for _key, _value in RAY_ENV_DEFAULTS.items():  # what `chat-engine up` gives a local Ray
+    os.environ.setdefault(_key, _value)
 
 
 def free_port() -> int:

@@ -43,6 +43,19 @@ async def shop(app_url: str) -> dict[str, Any]:
     return {"tenant": tenant, "channel": channel}
 
 
+_PROXIED: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_proxied_actors() -> Any:
+    """Actors made by :func:`_proxied_session` reach Postgres/Redis through a proxy that ends with
+    its test: they go too, instead of retrying a dead address for the rest of the test session."""
+    yield
+    while _PROXIED:
+        with contextlib.suppress(Exception):
+            ray.kill(_PROXIED.pop(), no_restart=True)
+
+
 async def _proxied_session(db: Any, shop: dict[str, Any], services: Services,
                            env: dict[str, str]) -> tuple[WidgetSession, Any]:
     """A widget session whose actor reaches Postgres/Redis through ``env``'s URLs. The session is
@@ -60,6 +73,7 @@ async def _proxied_session(db: Any, shop: dict[str, Any], services: Services,
         row = await sess_db.create_session(conn, tenant_id, channel_id, contact, "https://shop.example")
     token, _ = issue_session_token(get_settings(), tenant_id, row["id"], channel_id, "https://shop.example")
     actor = session_actor(tenant_id, row["id"], {**services.env, **env})
+    _PROXIED.append(actor)
     await actor.ping.remote()
     session = WidgetSession(str(row["id"]), token, shop["channel"]["widget_token"], "")
     return session, actor
@@ -329,8 +343,13 @@ async def test_postgres_restarted_under_load_loses_no_acknowledged_message(
         tasks = [asyncio.create_task(customer(s, k)) for k, s in enumerate(sessions)]
         await asyncio.sleep(0.3)
         proxy.block()
-        await asyncio.sleep(4.0)
-        assert proxy.refused > 0  # the actors did try Postgres meanwhile
+        # Down until the actors have tried Postgres (and been refused), then a little longer.
+        down_until = time.monotonic() + 60
+        while proxy.refused == 0:
+            assert time.monotonic() < down_until, "no actor tried Postgres while it was down"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3.0)
+        assert proxy.refused > 0
         proxy.unblock()
         finals = await asyncio.wait_for(asyncio.gather(*tasks), timeout=180)
         assert all(kinds(ev)[-1] == "done" for ev in finals), [kinds(ev) for ev in finals]

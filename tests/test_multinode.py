@@ -48,7 +48,7 @@ def test_session_actors_spread_over_workers_and_survive_losing_one(services: Any
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        pytest.fail(f"the cluster run failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+        pytest.fail(f"the cluster run failed (rc {proc.returncode}):\n{proc.stderr[-12000:]}")
     out = json.loads(lines[-1])
     workers = set(out["worker_nodes"])
     assert len(workers) == 2 and out["head_node"] not in workers
@@ -173,13 +173,36 @@ async def _scenario(base: str, admin: str, cluster: Any, workers: dict[str, Any]
             1 for t, s in zip(turns, [s for s in sessions for _ in range(3)], strict=True)
             if not t.done() and s["session_id"] in lost_sessions)
         await asyncio.to_thread(cluster.remove_node, workers[lost], False)
-        attempts = await asyncio.gather(*turns)
+        try:
+            attempts = await asyncio.gather(*turns)
+        except TimeoutError:
+            # What a failure looks like from the outside: each message's row, the Timekeeper.
+            print(json.dumps({"lost_sessions": sorted(lost_sessions), "rows": await _rows(sent),
+                              "timekeeper": await _timekeeper_stats()}, default=str),
+                  file=sys.stderr, flush=True)
+            raise
         out["retried_after_loss"] = sum(a - 1 for a in attempts)
         out["nodes_after"] = {s["session_id"]: await _node_of(tenant_id, s["session_id"])
                               for s in sessions}
         out["answers_seen"] = {sid: len(ids) for sid, ids in sent.items()}
         out["sent"] = sent
     return out
+
+
+async def _rows(sent: dict[str, list[str]]) -> list[dict[str, Any]]:
+    rows = await _messages(os.environ["CHAT_ENGINE_DATABASE_URL"], list(sent))
+    return [dict(r) for r in rows]
+
+
+async def _timekeeper_stats() -> Any:
+    import ray
+
+    from runtime.constants import TIMEKEEPER_NAME
+
+    try:
+        return await ray.get_actor(TIMEKEEPER_NAME, namespace="chat").stats.remote()
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        return repr(exc)
 
 
 def _run_cluster(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +226,7 @@ def _run_cluster(cfg: dict[str, Any]) -> dict[str, Any]:
     cluster.wait_for_nodes()
     try:
         ray.init(address=cluster.address, namespace="chat", runtime_env={"env_vars": env},
-                 logging_level="WARNING", log_to_driver=False)
+                 logging_level="WARNING", log_to_driver=True)
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port},
                     logging_config={"log_level": "WARNING", "enable_access_log": False})

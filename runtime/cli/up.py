@@ -21,7 +21,7 @@ import typer
 from runtime.cli.console import console, fail
 from runtime.cli.dev_secrets import prepare_settings
 from runtime.config import Settings
-from runtime.constants import APP_NAME, GENERATOR_DEPLOYMENT, NAMESPACE
+from runtime.constants import APP_NAME, GENERATOR_DEPLOYMENT, NAMESPACE, RAY_ENV_DEFAULTS
 from runtime.errors import ChatEngineError
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -52,6 +52,8 @@ def start_ray(settings: Settings, env: dict[str, str]) -> None:
     import ray
 
     os.environ.update(env)  # the driver process itself (build_app reads settings)
+    for key, value in RAY_ENV_DEFAULTS.items():  # a local Ray's processes inherit this env
+        os.environ.setdefault(key, value)
     runtime_env = {"env_vars": env}
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=NAMESPACE, runtime_env=runtime_env)
