@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 KEEPALIVE_S = 10.0
 IDLE_WAKE_S = 20.0  # an idle session stream checks its client this often
 SLOT_REFRESH_S = 10.0
+SLOT_TICK_S = 1.0  # how often the refresher looks for slots due
+SLOT_RETRY_S = 5.0
 SLOT_REFRESH_BATCH = 250
 STREAM_PING_S = 25
 """sse-starlette's keep-alive comment on an idle session stream: under the 60 s idle timeout of
@@ -109,8 +111,11 @@ class StreamSlot:
 
 
 class _SlotRefresher:
-    """Refreshes every open slot of this process (on one Redis client) every
-    :data:`SLOT_REFRESH_S`, in one pipeline."""
+    """Refreshes every open slot of this process (on one Redis client) about every
+    :data:`SLOT_REFRESH_S`: each :data:`SLOT_TICK_S` it refreshes the slots that are due, in
+    pipelines of :data:`SLOT_REFRESH_BATCH`. Streams open at different moments, so the work is
+    spread over the period instead of arriving as one burst (10,000 slots at once held this
+    replica's other requests for the burst's length)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
@@ -120,8 +125,9 @@ class _SlotRefresher:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(SLOT_REFRESH_S)
-            slots = [s for s in self.slots if not s.released]
+            await asyncio.sleep(SLOT_TICK_S)
+            due_before = time.monotonic() - SLOT_REFRESH_S
+            slots = [s for s in self.slots if not s.released and s.refreshed_at <= due_before]
             expiry = time.time() + STREAM_LEASE_S
             # In batches, yielding between them: 10,000 slots in one pipeline would hold the
             # event loop (and every request of this replica) while their replies are parsed.
@@ -137,8 +143,12 @@ class _SlotRefresher:
                     for slot in batch:
                         slot.refreshed_at = now
                 except (RedisError, OSError) as exc:
-                    log.warning("%d event stream slots not refreshed (%s)", len(batch),
-                                type(exc).__name__)
+                    # Redis away: the rest waits too, and the next try is in SLOT_RETRY_S, not
+                    # at every tick (the leases outlast a few tries: STREAM_LEASE_S).
+                    log.warning("%d event stream slots not refreshed (%s); next try in %.0f s",
+                                len(slots) - i, type(exc).__name__, SLOT_RETRY_S)
+                    await asyncio.sleep(SLOT_RETRY_S)
+                    break
                 await asyncio.sleep(0)
 
 
