@@ -184,6 +184,35 @@ async def test_faq_answer_that_opens_with_a_bare_yes_is_still_its_questions_answ
     assert "Bosch" not in ans2.text
 
 
+HOURS = Chunk(
+    "Opening hours and location > Opening hours\n- Monday: closed\n- Tuesday to Friday: 9:00 to "
+    "18:00\n- Saturday: 9:00 to 16:00\n- Sunday: 10:00 to 14:00 (quick repairs and punctures only, "
+    "no bookings)", "hours-and-location.md", "hours-and-location",
+    section="Opening hours and location > Opening hours", similarity=0.45)
+CONTACT = Chunk(
+    "Opening hours and location > Contact\nPhone 0555 0142 (Tuesday to Saturday during opening "
+    "hours), email hello@spokeandsprocket.example.", "hours-and-location.md", "hours-and-location",
+    section="Opening hours and location > Contact", similarity=0.47)
+
+
+async def test_a_question_matching_a_sections_heading_gets_the_whole_list_under_it(
+    embedder: Embedder,
+) -> None:
+    """The demo's hours: "What are your opening hours?" got the contact line that says "opening
+    hours" and one day of the list (seen on /demo). The section whose heading the question
+    matches answers, with every item of its list, "Monday: closed" included."""
+    ans = await _extract(embedder, "What are your opening hours?", [CONTACT, HOURS])
+    assert ans is not None
+    for day in ("Monday: closed", "Tuesday to Friday: 9:00 to 18:00", "Saturday: 9:00 to 16:00",
+                "Sunday: 10:00 to 14:00"):
+        assert day in ans.text, ans.text
+    assert "0555 0142" not in ans.text
+    # A question that matches no heading closely still gets the sentence that answers it.
+    phone = await _extract(embedder, "What is your phone number?", [CONTACT, HOURS])
+    assert phone is not None and "0555 0142" in phone.text
+    assert "Monday: closed" not in phone.text
+
+
 async def test_headings_are_not_quoted_as_answers(embedder: Embedder) -> None:
     ans = await _extract(embedder, "How big is the discount for nonprofits?", [NONPROFIT])
     assert ans is not None

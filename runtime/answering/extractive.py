@@ -44,6 +44,7 @@ CHUNK_WEIGHT = 0.25
 LEXICAL_WEIGHT = 0.25
 # An FAQ question in the source this close to the customer's makes its answer the candidate.
 FAQ_MIN_SIMILARITY = 0.5
+TOPIC_MIN_SIMILARITY = 0.6
 MIN_SENTENCE_SIMILARITY = 0.35
 NEIGHBOUR_MARGIN = 0.15
 # A sentence of another chunk this close to the best one is quoted too, as a second passage.
@@ -54,6 +55,7 @@ MIN_WORDS = 4
 BARE_REPLY_WORDS = 2  # "Yes." or "No, sorry." before an FAQ answer's first real sentence
 HEADING_MAX_WORDS = 9
 _TERMINAL = (".", "!", ")", '"', "”", "'")
+_KEY_VALUE = re.compile(r"^[^:]{2,40}:\s+\S")
 
 # A sentence that only points elsewhere answers nothing by itself.
 _NAVIGATION = re.compile(
@@ -167,7 +169,9 @@ def _answers_something(s: Sentence) -> bool:
     if s.kind in ("heading", "table_row") or text.endswith(("?", ":")):
         return False
     words = len(text.split())
-    if words < (3 if s.kind == "list_item" else MIN_WORDS):
+    # A list item of two words says something when it pairs a key with a value ("Monday: closed").
+    least = (2 if _KEY_VALUE.match(text) else 3) if s.kind == "list_item" else MIN_WORDS
+    if words < least:
         return False
     if s.kind == "sentence" and words <= HEADING_MAX_WORDS and not text.endswith(_TERMINAL):
         # A short line without an ending stop is a heading PDF text kept as prose
@@ -238,6 +242,9 @@ async def extract_answer(
     # heading is the question (PDF chunking makes "How do I update my payment method?" one).
     faq: list[tuple[int, int]] = []
     faq_text: dict[tuple[int, int], str] = {}
+    # Topic headings ("Opening hours", "Contact"): chunk no -> heading. A question that matches
+    # one closely is answered by what the section says first (the whole list, for a list).
+    topics: dict[int, str] = {}
     seen: set[str] = set()
     for ci, chunk in enumerate(chunks[:CHUNKS_CONSIDERED]):
         sentences = chunk_sentences(chunk)
@@ -246,6 +253,8 @@ async def extract_answer(
         if heading.endswith("?") and len(heading.split()) >= 3 and sentences:
             faq.append((ci, -1))
             faq_text[(ci, -1)] = heading
+        elif heading and len(heading.split()) <= HEADING_MAX_WORDS and sentences:
+            topics[ci] = heading
         for s in sentences:
             key = normalize(s.text)
             # Overlapping chunks repeat sentences: score each once, in its best-ranked chunk.
@@ -259,10 +268,14 @@ async def extract_answer(
                 faq_text[(ci, s.index)] = s.text
     if not candidates:
         return None
-    texts = [per_chunk[ci][si].text for ci, si in candidates] + [faq_text[k] for k in faq]
+    topic_keys = list(topics)
+    texts = ([per_chunk[ci][si].text for ci, si in candidates] + [faq_text[k] for k in faq]
+             + [topics[ci] for ci in topic_keys])
     vecs = np.asarray(await embed_many(texts), dtype=np.float32)
     cosines = vecs @ np.asarray(question_vec, dtype=np.float32).reshape(-1)
-    cos = {key: float(c) for key, c in zip(candidates + faq, cosines, strict=True)}
+    n_keyed = len(candidates) + len(faq)
+    cos = {key: float(c) for key, c in zip(candidates + faq, cosines[:n_keyed], strict=True)}
+    topic_cos = {ci: float(c) for ci, c in zip(topic_keys, cosines[n_keyed:], strict=True)}
     words = content_words(question)
     score = {(ci, si): cos[(ci, si)] + CHUNK_WEIGHT * float(chunks[ci].similarity)
              + LEXICAL_WEIGHT * lexical_overlap(words, per_chunk[ci][si].text)
@@ -282,6 +295,19 @@ async def extract_answer(
             score[(ci, ai)] = as_faq
             cos[(ci, ai)] = max(cos[(ci, ai)], cos[(ci, qi)])
             answers_faq[(ci, ai)] = (ci, qi)
+    # A section whose heading matches the question: its first sentence ranks as the heading
+    # matches, and the answer runs on from it (FAQ-like), through the whole list it starts.
+    topic_answers: set[tuple[int, int]] = set()
+    for ci, heading in topics.items():
+        first = min(scored_in.get(ci, ()), default=None)
+        if topic_cos[ci] < TOPIC_MIN_SIMILARITY or first is None:
+            continue
+        as_topic = (topic_cos[ci] + CHUNK_WEIGHT * float(chunks[ci].similarity)
+                    + LEXICAL_WEIGHT * lexical_overlap(words, heading))
+        if as_topic > score[(ci, first)]:
+            score[(ci, first)] = as_topic
+            cos[(ci, first)] = max(cos[(ci, first)], topic_cos[ci])
+            topic_answers.add((ci, first))
     best = max(score, key=lambda k: score[k])
     if cos[best] < MIN_SENTENCE_SIMILARITY:
         return None
@@ -289,7 +315,11 @@ async def extract_answer(
     sentences = per_chunk[ci]
     picked = [bi]
     size = len(sentences[bi].text)
-    faq_answer = best in answers_faq
+    topic_answer = best in topic_answers
+    faq_answer = best in answers_faq or topic_answer
+
+    def same_list(j: int, toward: int) -> bool:  # adjacent items (each item is its own block)
+        return sentences[j].kind == sentences[toward].kind == "list_item"
 
     def joins(j: int, toward: int) -> bool:
         if not 0 <= j < len(sentences) or (ci, j) not in score:
@@ -303,10 +333,12 @@ async def extract_answer(
         same_list = sentences[j].kind == near.kind == "list_item"
         return same_list or score[(ci, j)] >= score[best] - NEIGHBOUR_MARGIN
 
-    while len(picked) < max_sentences:
+    while True:
         after, before = picked[-1] + 1, picked[0] - 1
         options = [(score.get((ci, j), -1.0), j, t) for j, t in ((after, picked[-1]), (before, picked[0]))
                    if joins(j, t)]
+        if len(picked) >= max_sentences:  # only a topic's list goes on, to its end
+            options = [o for o in options if topic_answer and same_list(o[1], o[2])]
         if not options:
             break
         _, j, _ = max(options)
