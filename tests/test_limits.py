@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import types
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,6 +77,39 @@ def test_declared_oversized_upload_refused_before_the_body(app_url: str, tenant:
     assert status == 413, data[:300]
     assert _body_json(data)["error"]["code"] == "payload_too_large"
     assert closed, "the server kept the connection open for a body it refused"
+
+
+def test_refused_body_still_arriving_gets_its_413_not_a_reset(app_url: str, tenant: TenantInfo) -> None:
+    """A JSON body over the cap, declared and sent in pieces over ~0.3 s (a client on a slow
+    link): the server reads it to its end before answering, so every piece is sent without a
+    reset and the client reads the 413. (Answering at once and closing the connection while the
+    body was still arriving reset it, and the client lost the 413: seen in CI.)"""
+    u = urlsplit(app_url)
+    size = 3 * MB // 2
+    head = (f"POST /v1/kb/qa HTTP/1.1\r\nHost: {u.netloc}\r\nAuthorization: Bearer {tenant.owner_key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n")
+    body = (b'{"question": "q", "answer": "' + b"x" * size)[:size]
+    sock = socket.create_connection((u.hostname, u.port), timeout=30)
+    try:
+        sock.sendall(head.encode())
+        piece = len(body) // 15 + 1
+        for i in range(0, len(body), piece):
+            sock.sendall(body[i:i + piece])  # a reset here fails the test
+            time.sleep(0.02)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.find(b"\r\n\r\n") + 4 + _length(data):
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+    finally:
+        sock.close()
+    assert int(data.split(b" ", 2)[1]) == 413, data[:300]
+    assert _body_json(data)["error"]["code"] == "payload_too_large"
+    # Within the cap, the same route accepts.
+    r = httpx.post(f"{app_url}/v1/kb/qa", headers=tenant.headers, timeout=60,
+                   json={"question": "Do you ship abroad?", "answer": "Yes, to the EU."})
+    assert r.status_code == 201, r.text
 
 
 def test_chunked_upload_refused_before_the_body(app_url: str, tenant: TenantInfo) -> None:
