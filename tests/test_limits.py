@@ -38,12 +38,7 @@ def _raw_request(app_url: str, head: str) -> tuple[int, bytes, bool]:
     sock = socket.create_connection((u.hostname, u.port), timeout=30)
     try:
         sock.sendall(head.encode())
-        data = b""
-        while b"\r\n\r\n" not in data or len(data) < data.find(b"\r\n\r\n") + 4 + _length(data):
-            more = sock.recv(65536)
-            if not more:
-                break
-            data += more
+        data = _read_response(sock)
         try:
             closed = sock.recv(1) == b""
         except (ConnectionResetError, TimeoutError):
@@ -51,6 +46,17 @@ def _raw_request(app_url: str, head: str) -> tuple[int, bytes, bool]:
     finally:
         sock.close()
     return int(data.split(b" ", 2)[1]), data, closed
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One HTTP response from ``sock``: its head and a body of its Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < data.find(b"\r\n\r\n") + 4 + _length(data):
+        more = sock.recv(65536)
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _length(data: bytes) -> int:
@@ -96,12 +102,7 @@ def test_refused_body_still_arriving_gets_its_413_not_a_reset(app_url: str, tena
         for i in range(0, len(body), piece):
             sock.sendall(body[i:i + piece])  # a reset here fails the test
             time.sleep(0.02)
-        data = b""
-        while b"\r\n\r\n" not in data or len(data) < data.find(b"\r\n\r\n") + 4 + _length(data):
-            more = sock.recv(65536)
-            if not more:
-                break
-            data += more
+        data = _read_response(sock)
     finally:
         sock.close()
     assert int(data.split(b" ", 2)[1]) == 413, data[:300]
