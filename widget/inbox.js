@@ -115,8 +115,8 @@
   }
 
   // Loads overlap when events come in bursts: only the newest one renders, so a slow older answer
-  // never paints over a newer queue. A failed load retries (1 s, 2 s, ... up to 15 s) instead of
-  // leaving the queue stale until the next poll.
+  // never paints over a newer queue. A failed load retries (after 1, 2, 4, then every 8 s) instead
+  // of leaving the queue stale until the next poll.
   var queueSeq = 0, queueRetry = 0;
   function loadQueue() {
     var seq = ++queueSeq;
@@ -129,7 +129,7 @@
       if (seq !== queueSeq || !me) return;
       queueRetry = Math.min(queueRetry + 1, 4);
       clearTimeout(queueTimer);
-      queueTimer = setTimeout(loadQueue, Math.min(1000 * Math.pow(2, queueRetry - 1), 15000));
+      queueTimer = setTimeout(loadQueue, 1000 * Math.pow(2, queueRetry - 1));
     });
   }
 

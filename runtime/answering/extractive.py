@@ -277,9 +277,22 @@ async def extract_answer(
     cos = {key: float(c) for key, c in zip(candidates + faq, cosines[:n_keyed], strict=True)}
     topic_cos = {ci: float(c) for ci, c in zip(topic_keys, cosines[n_keyed:], strict=True)}
     words = content_words(question)
-    score = {(ci, si): cos[(ci, si)] + CHUNK_WEIGHT * float(chunks[ci].similarity)
-             + LEXICAL_WEIGHT * lexical_overlap(words, per_chunk[ci][si].text)
-             for ci, si in candidates}
+
+    def rank(c: float, ci: int, text: str) -> float:
+        return c + CHUNK_WEIGHT * float(chunks[ci].similarity) + LEXICAL_WEIGHT * lexical_overlap(words, text)
+
+    score = {(ci, si): rank(cos[(ci, si)], ci, per_chunk[ci][si].text) for ci, si in candidates}
+
+    def lift(answer: tuple[int, int], c: float, text: str) -> bool:
+        """Rank ``answer`` as the question or heading it answers (cosine ``c``, ``text``) ranks,
+        when that is higher; True when it was."""
+        as_anchor = rank(c, answer[0], text)
+        if as_anchor <= score[answer]:
+            return False
+        score[answer] = as_anchor
+        cos[answer] = max(cos[answer], c)
+        return True
+
     # The sentence after a matching FAQ question answers it: it ranks as the question matches.
     answers_faq: dict[tuple[int, int], tuple[int, int]] = {}
     scored_in: dict[int, set[int]] = {}
@@ -289,11 +302,7 @@ async def extract_answer(
         ai = _faq_answer_index(per_chunk[ci], qi, scored_in.get(ci, set()))
         if cos[(ci, qi)] < FAQ_MIN_SIMILARITY or ai is None:
             continue
-        as_faq = (cos[(ci, qi)] + CHUNK_WEIGHT * float(chunks[ci].similarity)
-                  + LEXICAL_WEIGHT * lexical_overlap(words, faq_text[(ci, qi)]))
-        if as_faq > score[(ci, ai)]:
-            score[(ci, ai)] = as_faq
-            cos[(ci, ai)] = max(cos[(ci, ai)], cos[(ci, qi)])
+        if lift((ci, ai), cos[(ci, qi)], faq_text[(ci, qi)]):
             answers_faq[(ci, ai)] = (ci, qi)
     # A section whose heading matches the question: its first sentence ranks as the heading
     # matches, and the answer runs on from it (FAQ-like), through the whole list it starts.
@@ -302,11 +311,7 @@ async def extract_answer(
         first = min(scored_in.get(ci, ()), default=None)
         if topic_cos[ci] < TOPIC_MIN_SIMILARITY or first is None:
             continue
-        as_topic = (topic_cos[ci] + CHUNK_WEIGHT * float(chunks[ci].similarity)
-                    + LEXICAL_WEIGHT * lexical_overlap(words, heading))
-        if as_topic > score[(ci, first)]:
-            score[(ci, first)] = as_topic
-            cos[(ci, first)] = max(cos[(ci, first)], topic_cos[ci])
+        if lift((ci, first), topic_cos[ci], heading):
             topic_answers.add((ci, first))
     best = max(score, key=lambda k: score[k])
     if cos[best] < MIN_SENTENCE_SIMILARITY:
