@@ -373,6 +373,16 @@ def hosted_settings(server: LlamaServer, **overrides: Any) -> Settings:
     return model_settings(hosted_base_url=server.base_url, hosted_model="smollm2", **overrides)
 
 
+async def wait_idle(backend: Any, timeout_s: float = 60.0) -> None:
+    """Wait until ``backend`` has no request in a slot. A request the router gave up on (first
+    token timeout) still holds its slot until its prefill batch ends: llama.cpp cannot stop
+    mid-batch. A test that needs every slot free waits for that."""
+    deadline = time.monotonic() + timeout_s
+    while backend.active() or backend.queued():
+        assert time.monotonic() < deadline, f"backend still busy after {timeout_s} s"
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def local_llama() -> Iterator[Any]:
     """An in-process llama.cpp backend (for router tests that need no Serve)."""
@@ -482,6 +492,7 @@ async def test_first_token_timeout_falls_back(
         assert stats["fallbacks"] == 1 and stats["fallback_reasons"]["timeout"] == 1
     finally:
         await hosted.aclose()
+        await wait_idle(local_llama)  # the abandoned prefill frees its slot for the next test
 
 
 async def test_saturated_backend_spills_to_next(
@@ -494,6 +505,8 @@ async def test_saturated_backend_spills_to_next(
     router = GeneratorRouter(hosted_settings(llama_server, backend_max_queued=0),
                              [local_llama, hosted])
     try:
+        await wait_idle(local_llama)
+        assert not local_llama.saturated(0)
         busy = router.generate(GenerationRequest(messages=user("Recite."),
                                                  grammar=gbnf_literal(LONG_WORDS)))
         first = await anext(busy)  # llama.cpp's only slot is now generating
@@ -503,10 +516,7 @@ async def test_saturated_backend_spills_to_next(
         assert final.backend == "hosted"
         assert router.stats()["fallback_reasons"]["saturated"] == 1
         await busy.aclose()  # cancels the long generation; the slot frees within a token
-        for _ in range(50):
-            if local_llama.active() == 0:
-                break
-            await asyncio.sleep(0.05)
+        await wait_idle(local_llama, timeout_s=10.0)
         _, final = await collect(router.generate(GenerationRequest(messages=user("Hi"),
                                                                    max_tokens=4)))
         assert final.backend == "llamacpp" and router.stats()["fallbacks"] == 1
