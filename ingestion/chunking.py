@@ -7,6 +7,7 @@ embedding model's tokenizer (special tokens excluded; all-MiniLM-L6-v2 truncates
 default 200 leaves room for the page title and [CLS]/[SEP] in the embedded text). When a section
 needs several chunks, each chunk after the first repeats the previous chunk's last sentences, up
 to ``overlap_tokens``. A single sentence longer than the budget is cut at token boundaries.
+Chunk text keeps the blocks: a blank line between paragraphs, one line per item of a list.
 
 The tokenizer is the ``tokenizer.json`` shipped with the embedding model, loaded with the light
 ``tokenizers`` library (no torch), so chunking runs in any process.
@@ -265,9 +266,22 @@ class Chunker:
 
             def emit(units_: list[_Unit], heading: str = heading, page: int | None = section.page,
                      name: str = name) -> None:
+                # A blank line between paragraphs, as in Markdown: without it a paragraph after
+                # a list reads as the last item's continuation ("- Sunday: 10 to 14" / "On
+                # public holidays we are closed." became one item). Items of one list stay on
+                # consecutive lines. Word pieces ignore whitespace: the embedding is the same.
                 body = ""
+                prev: _Unit | None = None
                 for u in units_:
-                    body += ("\n" if u.new_paragraph else " ") + u.text if body else u.text
+                    if prev is None:
+                        body = u.text
+                    elif not u.new_paragraph:
+                        body += " " + u.text
+                    elif _LIST_ITEM.match(u.text) and _LIST_ITEM.match(prev.text):
+                        body += "\n" + u.text
+                    else:
+                        body += "\n\n" + u.text
+                    prev = u
                 text = f"{heading}\n{body}" if heading else body
                 out.append(ChunkRow(
                     ord=len(out), text=text, title=title, section=name, page=page,

@@ -213,6 +213,26 @@ async def test_a_question_matching_a_sections_heading_gets_the_whole_list_under_
     assert "Monday: closed" not in phone.text
 
 
+async def test_a_paragraph_after_a_list_answers_on_its_own(embedder: Embedder) -> None:
+    """The demo's hours page chunked as ingestion chunks it: "Are you open on public holidays?"
+    got the Sunday list item with the holiday sentences glued to it, because chunk text had no
+    blank line between the list and the paragraph after it."""
+    from pathlib import Path
+
+    from ingestion.chunking import Chunker, markdown_sections
+
+    page = Path(__file__).parents[1] / "widget" / "sample_kb" / "hours-and-location.md"
+    rows = Chunker().chunk_sections(markdown_sections(page.read_text(), page.stem), page.stem)
+    [hours] = [r for r in rows if r.section.endswith("> Opening hours")]
+    chunk = Chunk(hours.text, page.name, page.stem, section=hours.section, similarity=0.5)
+    holidays = await _extract(embedder, "Are you open on public holidays?", [chunk])
+    assert holidays is not None and "On public holidays the workshop is closed." in holidays.text
+    assert "Sunday" not in holidays.text, holidays.text
+    week = await _extract(embedder, "What are your opening hours?", [chunk])
+    assert week is not None and "Monday: closed" in week.text and "Sunday: 10:00" in week.text
+    assert "public holidays" not in week.text, week.text
+
+
 async def test_headings_are_not_quoted_as_answers(embedder: Embedder) -> None:
     ans = await _extract(embedder, "How big is the discount for nonprofits?", [NONPROFIT])
     assert ans is not None

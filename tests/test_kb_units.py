@@ -12,6 +12,7 @@ from ingestion.chunking import Chunker, Section, markdown_sections, pdf_sections
 from ingestion.crawl import normalize_url, same_site
 from ingestion.extract import extract_html, page_links
 from ingestion.pdf import read_pdf
+from runtime.answering.sentences import segment
 from runtime.db.kb_search import or_tsquery_text
 from runtime.errors import IngestionError
 
@@ -46,6 +47,21 @@ def test_chunks_respect_budget_and_overlap(chunker: Chunker) -> None:
     joined = " ".join(c.text for c in chunks)
     assert all(s in joined for s in sentences)
     assert [c.ord for c in chunks] == list(range(len(chunks)))
+
+
+def test_a_paragraph_after_a_list_stays_its_own_block(chunker: Chunker) -> None:
+    """Chunk text keeps Markdown's blocks: items of one list on consecutive lines, a blank line
+    before the paragraph after the list. Joined with a single line break, "On public holidays
+    ..." read as the continuation of the list's last item (the demo's hours page)."""
+    md = ("## Opening hours\n\n- Monday: closed\n- Sunday: 10:00 to 14:00\n\n"
+          "On public holidays the workshop is closed. In December we close early.")
+    [chunk] = chunker.chunk_sections(markdown_sections(md))
+    assert chunk.text == ("Opening hours\n- Monday: closed\n- Sunday: 10:00 to 14:00\n\n"
+                          "On public holidays the workshop is closed. In December we close early.")
+    kinds = [(s.kind, s.text) for s in segment(chunk.text.partition("\n")[2])]
+    assert kinds == [("list_item", "Monday: closed"), ("list_item", "Sunday: 10:00 to 14:00"),
+                     ("sentence", "On public holidays the workshop is closed."),
+                     ("sentence", "In December we close early.")]
 
 
 def test_a_sentence_longer_than_the_budget_is_cut(chunker: Chunker) -> None:
