@@ -15,6 +15,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,19 @@ def free_port() -> int:
 
 
 METRICS_PORT = free_port()  # Ray's metrics export of this test session
+
+
+def wait_http(url: str, timeout_s: float = 15.0) -> None:
+    """Block until ``url`` answers any HTTP response (a server started in a subprocess is
+    listening). Raises RuntimeError after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {timeout_s} s")
 
 
 @dataclass

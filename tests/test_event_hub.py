@@ -55,8 +55,11 @@ async def test_many_streams_share_a_few_connections_and_each_gets_its_own_events
     try:
         readers = [events.read(s, after="0-0", block_ms=2000) for s in sessions]
         firsts = [asyncio.ensure_future(_take(r, 2)) for r in readers]
-        await asyncio.sleep(0.5)  # every reader subscribed
         hub = hub_for(client)
+        for _ in range(200):  # every reader subscribed (a busy machine takes longer than 0.5 s)
+            if hub.stats()["keys"] == 600:
+                break
+            await asyncio.sleep(0.05)
         assert hub.stats()["keys"] == 600
         assert hub.stats()["shards"] == -(-600 // HUB_SHARD_KEYS)
         mine = [c for c in await client.client_list() if c.get("name") == "hub-test"]

@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import TenantInfo, free_port, make_tenant
+from tests.conftest import TenantInfo, free_port, make_tenant, wait_http
 
 HEADER_TEXT = "Plausible Docs | Introduction | Add the script"
 FOOTER_TEXTS = ("Made and hosted in the EU", "Content licensed CC BY-SA 4.0")
@@ -46,17 +46,6 @@ class SiteServer:
         return self.log_path.read_text(errors="replace")
 
 
-def _wait_http(url: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer in {timeout_s} s")
-
-
 @pytest.fixture(scope="module")
 def kb_site(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteServer]:
     """``python -m http.server`` on the fixture site; its stderr is the access log."""
@@ -69,7 +58,7 @@ def kb_site(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             stdout=subprocess.DEVNULL, stderr=log,
         )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/robots.txt")
+        wait_http(f"http://127.0.0.1:{port}/robots.txt")
         yield SiteServer(base=f"http://127.0.0.1:{port}", log_path=log_path)
     finally:
         proc.terminate()

@@ -25,7 +25,7 @@ from tests.chat_helpers import (
     new_session,
     widget_channel,
 )
-from tests.conftest import Services, TenantInfo, free_port, make_tenant
+from tests.conftest import Services, TenantInfo, free_port, make_tenant, wait_http
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -49,7 +49,7 @@ def site_server(fixtures_dir: Path) -> Any:
          "--directory", str(fixtures_dir / "kb-site")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    time.sleep(0.5)
+    wait_http(f"http://127.0.0.1:{port}/")
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(5)
