@@ -48,6 +48,8 @@ A request is *accepted* when it reaches a provider's success answer; only those 
 Delays model a slow provider: the handler reads the body, sleeps, then checks whether the client
 is still there. If the client disconnected during the delay (it timed out), the request is treated
 as not accepted and is not recorded: it models a provider that never completed the exchange.
+``hold(provider)`` keeps requests the same way until ``release(provider)``, so a test can act
+(kill a sender) while a request is certainly in flight, on a machine of any speed.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class _Faults:
     retry_after: float | None = None
     body: Any = None
     delay_s: float = 0.0
+    held: bool = False
     creds: dict[str, str] = field(default_factory=dict)
     after_commit: bool = False
 
@@ -159,6 +162,8 @@ class ProviderStandIns:
         self._lock = threading.Lock()
         self._deliveries: list[Delivery] = []
         self._attempts = dict.fromkeys(PROVIDERS, 0)
+        self._abandoned = dict.fromkeys(PROVIDERS, 0)
+        self._parked = dict.fromkeys(PROVIDERS, 0)
         self._faults = {p: _Faults() for p in PROVIDERS}
         self._ids = itertools.count(1)
         self._zendesk_keys: dict[str, tuple[bytes, int, Any]] = {}
@@ -229,10 +234,22 @@ class ProviderStandIns:
         with self._lock:
             return self._attempts[provider]
 
+    def abandoned(self, provider: str) -> int:
+        """Requests whose client went away while they were delayed or held (answered 499, not
+        recorded)."""
+        with self._lock:
+            return self._abandoned[provider]
+
+    def parked(self, provider: str) -> int:
+        """Requests held now (see ``hold``)."""
+        with self._lock:
+            return self._parked[provider]
+
     def clear(self) -> None:
         with self._lock:
             self._deliveries.clear()
             self._attempts = dict.fromkeys(PROVIDERS, 0)
+            self._abandoned = dict.fromkeys(PROVIDERS, 0)
             self._zendesk_keys.clear()
 
     def _met(self, provider: str, count: int) -> list[Delivery] | None:
@@ -288,6 +305,18 @@ class ProviderStandIns:
         with self._lock:
             self._faults[provider].delay_s = seconds
 
+    def hold(self, provider: str) -> None:
+        """Keep every request (read, not answered) until ``release(provider)``: a provider stuck
+        mid-exchange, for as long as a test needs, however slow the machine. A held request whose
+        client goes away is abandoned (499, not recorded) as soon as that is seen."""
+        with self._lock:
+            self._faults[provider].held = True
+
+    def release(self, provider: str) -> None:
+        """Let held requests (and new ones) through."""
+        with self._lock:
+            self._faults[provider].held = False
+
     def expect_credentials(self, provider: str, **creds: str) -> None:
         """Accept only these credentials (names in ``CREDENTIALS``); default: any non-empty one."""
         if unknown := set(creds) - CREDENTIALS[provider]:
@@ -298,6 +327,8 @@ class ProviderStandIns:
     def reset(self) -> None:
         """Clear faults, delays, expected credentials and records."""
         with self._lock:
+            for f in self._faults.values():
+                f.held = False  # a request parked on the old faults goes on
             self._faults = {p: _Faults() for p in PROVIDERS}
         self.clear()
 
@@ -319,9 +350,20 @@ class ProviderStandIns:
             for k, v in parse_qsl(raw.decode(errors="replace"), keep_blank_values=True):
                 payload[k] = f"{payload[k]}, {v}" if k in payload else v
         f = self._faults[provider]
-        if f.delay_s:
+        if f.delay_s or f.held:
             await asyncio.sleep(f.delay_s)
+            if f.held:
+                with self._lock:
+                    self._parked[provider] += 1
+                try:
+                    while f.held and not await request.is_disconnected():
+                        await asyncio.sleep(0.02)
+                finally:
+                    with self._lock:
+                        self._parked[provider] -= 1
             if await request.is_disconnected():
+                with self._lock:
+                    self._abandoned[provider] += 1
                 return Response(status_code=499)  # nobody reads it: the exchange never completed
         with self._lock:
             failing = f.fail_always or f.fail_remaining > 0

@@ -73,6 +73,15 @@ async def _wait_outbox(client: httpx.AsyncClient, tenant: TenantInfo, pred: Any,
         await asyncio.sleep(0.2)
 
 
+async def _until(cond: Any, timeout_s: float, what: str) -> None:
+    """Poll ``cond()`` (a plain function) every 20 ms until it is true; AssertionError naming
+    ``what`` after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+        await asyncio.sleep(0.02)
+
+
 async def _session_of(db: Any, channel_id: str, external_id: str) -> uuid.UUID:
     return await db.fetchval("SELECT session_id FROM messages WHERE channel_id = $1 AND external_id = $2",
                              uuid.UUID(channel_id), external_id)
@@ -359,17 +368,22 @@ async def test_sender_killed_mid_batch_loses_and_duplicates_nothing(
         await deliveries_to(standins, "whatsapp", phone.lstrip("+"))
         wamid = body["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
         sessions.append(await _session_of(db, ch["id"], wamid))
-    standins.delay("whatsapp", 1.0)
+    # The stand-in holds every request until the sender is dead: the kill lands mid-exchange
+    # however slow the machine (with a fixed delay, a late kill could land after the provider
+    # answered, a lost reply rather than a lost request).
+    standins.hold("whatsapp")
     async with db.acquire() as conn, conn.transaction():
         for phone, sid in zip(phones, sessions, strict=True):
             for n in (1, 2):
                 await outbox_db.enqueue(conn, uuid.UUID(kb.id), uuid.UUID(ch["id"]), sid, None,
                                         phone.lstrip("+"),
                                         {"text": f"note {n} for {phone}", "sender": "agent"})
-    await asyncio.sleep(0.5)  # the first rows are in flight at the stand-in
+    await _until(lambda: standins.parked("whatsapp") >= 1, 30, "a note in flight at the stand-in")
     sender = ray.get_actor("outbox-sender:whatsapp", namespace="chat")
     ray.kill(sender, no_restart=False)
-    standins.delay("whatsapp", 0)
+    await _until(lambda: standins.abandoned("whatsapp") >= 1, 30,
+                 "the killed sender's request abandoned")
+    standins.release("whatsapp")
     for phone in phones:
         got = await deliveries_to(standins, "whatsapp", phone.lstrip("+"), count=3, timeout_s=40)
         notes = [d.text for d in got if d.text.startswith("note")]

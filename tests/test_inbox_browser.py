@@ -161,8 +161,11 @@ async def test_agent_takes_over_answers_and_hands_back(
         assert note["title"] == "Human required: Website (Amit)", note
         print(f"escalation notified {note['at'] - clicked_at} ms after the customer's click")
         assert note["at"] - clicked_at < 1000, f"notified {note['at'] - clicked_at} ms after the handoff"
+        # The queue may already list the conversation as the AI's (a load after its answer);
+        # the load the escalation started brings its new status.
         row = agent.locator(f"#queue li[data-id='{session_id}']")
-        await row.wait_for()
+        await agent.locator(f"#queue li[data-id='{session_id}'][data-status=human_escalated]"
+                            ).wait_for(timeout=15_000)
         assert await row.get_attribute("data-status") == "human_escalated"
         assert await row.locator("[data-sla]").get_attribute("data-sla") == "ok"
         waiting = f"#queue li[data-id='{session_id}'] .waiting"
