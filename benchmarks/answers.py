@@ -128,12 +128,17 @@ def _has_facts(text: str, facts: list[str]) -> bool:
     return all(any(alt.lower() in low for alt in fact.split("|")) for fact in facts)
 
 
-def _cites(sources: list[dict[str, Any]], expected: list[str]) -> bool:
+def _cited(sources: list[dict[str, Any]]) -> set[str]:
+    """``page.html`` or ``file.pdf#page`` of each source."""
     got = set()
     for s in sources:
         name = str(s.get("source", "")).rsplit("/", 1)[-1]
         got.add(f"{name}#{s['page']}" if s.get("page") else name)
-    return bool(got & set(expected))
+    return got
+
+
+def _cites(sources: list[dict[str, Any]], expected: list[str]) -> bool:
+    return bool(_cited(sources) & set(expected))
 
 
 class Judge:
@@ -248,6 +253,9 @@ async def _run_strategy(client: Any, t: dict[str, Any], strategy: str, qs: list[
                 failures.append({"q": q["text"], "missing": q["facts"], "text": text[:300]})
             if _cites(msg.get("sources", []), q["sources"]):
                 cite_hits += 1
+            else:
+                failures.append({"q": q["text"], "expected_sources": q["sources"],
+                                 "cited": sorted(_cited(msg.get("sources", [])))})
             bad, n = await judge.unsupported(text, [int(s["chunk_id"]) for s in msg.get("sources", [])])
             unsupported += bad
             judged += n
