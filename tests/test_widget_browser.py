@@ -286,15 +286,19 @@ async def test_stream_answer_then_talk_to_a_human(
     answers = await final_ai(frame)
     growth = await frame.evaluate("window.__growth")
     streamed = [n for n, state in growth if state == "streaming"]
-    assert len(set(streamed)) >= 2, f"the bubble should grow token by token: {growth[:50]}"
+    # The pieces of an answer leave the actor 30 ms apart or more; a busy ingress or browser
+    # can still read several in one go (CI once saw the whole quote arrive at once), so steps
+    # are not asserted. What must hold: the bubble streams before it is final, and only grows.
+    assert streamed, f"the bubble should stream before it is final: {growth[:50]}"
     assert streamed == sorted(streamed), "streamed text only grows"
+    assert [state for _, state in growth][-1] == "final", growth[-5:]
     assert not await frame.locator("#typing").is_visible()
     assert await answers.count() == 1, "the answer renders once (POST stream and event stream)"
     session_id = await page.session_id()
     stored = [m for m in await widget.messages(session_id) if m["sender"] == "ai"]
     assert len(stored) == 1
     shown = await answers.first.locator(".text").text_content()
-    assert shown == stored[0]["text"] and len(shown) > max(streamed[0], 1)
+    assert shown == stored[0]["text"] and len(shown) >= max(streamed[-1], 1)
 
     # Talk to a human: the hand-off state, then an agent's reply with the agent's name.
     await frame.click("#human")
